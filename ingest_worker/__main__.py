@@ -1,0 +1,3 @@
+from ingest_worker.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""Parse the command line and run one command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import structlog
+
+from ingest_worker.errors import ConfigurationError, IngestWorkerError
+from ingest_worker.logs import configure_logging
+from ingest_worker.settings import Settings, load_settings
+from ingest_worker.storage.database import connect, create_pool, redact_url
+
+log = structlog.get_logger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ingest-worker",
+        description="Ingest MES station events from Kafka into PostgreSQL.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("migrate", help="apply the database migrations")
+
+    seed = commands.add_parser("seed", help="load master data from a YAML file")
+    seed.add_argument("file", type=Path, help="factory YAML file")
+
+    commands.add_parser("run", help="consume the input topics until stopped")
+
+    trace = commands.add_parser("trace", help="print what happened to a serial")
+    trace.add_argument("sn", help="unit serial number")
+    trace.add_argument(
+        "--mode",
+        choices=["run", "latest"],
+        default="run",
+        help="steps of the run's frozen route version (run) or the newest READY "
+        "one (latest)",
+    )
+
+    publish = commands.add_parser(
+        "publish", help="publish envelopes from a JSON-lines file"
+    )
+    publish.add_argument("file", type=Path, help="one envelope per line")
+    publish.add_argument(
+        "--topic", help="send every line to this topic, readable or not"
+    )
+    publish.add_argument(
+        "--key-path",
+        help="mapping path of the record key inside each envelope, such as "
+        "payload.basket (default: sn for unit events, carrierCode for BATCH)",
+    )
+
+    topics = commands.add_parser("topics", help="manage the topics")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True)
+    ensure = topic_commands.add_parser("ensure", help="create missing topics")
+    ensure.add_argument("--partitions", type=int, default=3, help="for new topics")
+    ensure.add_argument(
+        "--replication-factor", type=int, default=1, help="for new topics"
+    )
+
+    commands.add_parser(
+        "dev", help="start the embedded broker and database until Ctrl-C"
+    )
+    commands.add_parser(
+        "demo", help="run the sample line end to end and print a trace"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        return asyncio.run(_dispatch(arguments, settings))
+    except ConfigurationError as error:
+        print(f"ingest-worker: {error}", file=sys.stderr)
+        return 2
+    except IngestWorkerError as error:
+        print(f"ingest-worker: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(arguments: argparse.Namespace, settings: Settings) -> int:
+    command = arguments.command
+    if command == "migrate":
+        return await migrate_command(settings)
+    if command == "seed":
+        return await seed_command(settings, arguments.file)
+    if command == "run":
+        return await run_command(settings)
+    if command == "trace":
+        return await trace_command(settings, arguments.sn, arguments.mode)
+    if command == "publish":
+        return await publish_command(
+            settings, arguments.file, arguments.topic, arguments.key_path
+        )
+    if command == "topics":
+        return await topics_command(
+            settings, arguments.partitions, arguments.replication_factor
+        )
+    if command == "dev":
+        from ingest_worker.cli.dev import dev_command
+
+        return await dev_command()
+    if command == "demo":
+        from ingest_worker.cli.demo import demo_command
+
+        return await demo_command()
+    raise AssertionError(command)
+
+
+@contextlib.asynccontextmanager
+async def _connection(settings: Settings) -> AsyncIterator[object]:
+    url = settings.require_database_url()
+    try:
+        connection = await connect(url)
+    except (OSError, ConnectionError) as error:
+        raise ConfigurationError(
+            f"cannot connect to the database at {redact_url(url)}: {error}"
+        ) from error
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def migrate_command(settings: Settings) -> int:
+    from ingest_worker.storage.migrations import migrate
+
+    async with _connection(settings) as connection:
+        applied = await migrate(connection)  # type: ignore[arg-type]
+    print(f"{len(applied)} migrations applied")
+    return 0
+
+
+async def seed_command(settings: Settings, path: Path) -> int:
+    from ingest_worker.storage.seed import load_factory, seed_factory
+
+    factory = load_factory(path)
+    async with _connection(settings) as connection:
+        report = await seed_factory(connection, factory)  # type: ignore[arg-type]
+    print(report.summary())
+    return 0
+
+
+async def trace_command(settings: Settings, sn: str, mode: str) -> int:
+    from ingest_worker.trace.query import UnitNotFound, not_found_document, trace_unit
+
+    async with _connection(settings) as connection:
+        try:
+            data = await trace_unit(connection, sn, mode)  # type: ignore[arg-type]
+        except UnitNotFound:
+            _print_json(not_found_document(sn))
+            return 1
+    _print_json({"ok": True, "data": data})
+    return 0
+
+
+def _print_json(document: object) -> None:
+    sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    sys.stdout.write("\n")
+
+
+async def publish_command(
+    settings: Settings, path: Path, topic: str | None, key_path: str | None
+) -> int:
+    from ingest_worker.kafka import make_producer
+    from ingest_worker.publish import plan_records, publish_records, read_lines
+
+    if not path.is_file():
+        raise ConfigurationError(f"file {path} does not exist")
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        report = await publish_records(
+            producer,
+            plan_records(read_lines(path), settings, topic=topic, key_path=key_path),
+        )
+    finally:
+        await producer.stop()
+    for name, count in sorted(report.published.items()):
+        print(f"{count} records published to {name}")
+    for problem in report.skipped:
+        print(f"skipped {problem}", file=sys.stderr)
+    return 1 if report.skipped else 0
+
+
+async def topics_command(settings: Settings, partitions: int, replicas: int) -> int:
+    from ingest_worker.kafka import ensure_topics
+
+    created = await ensure_topics(settings, partitions, replicas)
+    print(f"created {len(created)} topics: {', '.join(created) or 'none'}")
+    return 0
+
+
+async def run_command(settings: Settings) -> int:
+    from ingest_worker.consumer.worker import Worker
+
+    pool = await create_pool(settings.require_database_url(), max_size=settings.db_pool_size)
+    worker = Worker(settings, pool)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await worker.start()
+    try:
+        await worker.run(stop)
+    finally:
+        await worker.stop()
+        await pool.close()
+    return 0

@@ -1,0 +1,1 @@
+"""Consuming the input topics: judging fetched batches and settling records."""

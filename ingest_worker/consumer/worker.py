@@ -1,0 +1,215 @@
+"""The worker: fetch a batch, judge and store it, settle every record, commit.
+
+Each cycle:
+
+1. Fetch up to `max_batch_records` records from the assigned input partitions.
+2. Judge and write them in one database transaction (`BatchProcessor`). A
+   database fault keeps the records in memory and retries them after a backoff,
+   so nothing is skipped.
+3. Send the rejected records to the dead-letter topic and wait for the broker
+   to acknowledge every one.
+4. Commit the offsets after the last record of each partition. Only now is the
+   batch settled: a crash before this point redelivers the records, which the
+   dedupe keys turn into duplicates without effect.
+
+A rebalance waits for the cycle in flight, so revoked partitions are committed
+up to what was settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from ingest_worker.consumer.batch import BatchProcessor, RecordOutcome, merge_in_time_order
+from ingest_worker.errors import InfrastructureError
+from ingest_worker.failures.headers import failure_headers
+from ingest_worker.kafka import make_consumer, make_producer
+from ingest_worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+_BACKOFF_FIRST_S = 0.5
+_BACKOFF_MAX_S = 30.0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # Waits until the cycle in flight has committed what it settled.
+        async with self._worker.cycle_lock:
+            log.info("partitions revoked", partitions=_names(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned", partitions=_names(assigned))
+        self._worker.assigned.set()
+
+
+def _names(partitions: Any) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+
+
+class Worker:
+    """Consumes the input topics until stopped."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.processor = BatchProcessor(pool, settings)
+        self.consumer: AIOKafkaConsumer = make_consumer(settings)
+        self.producer: AIOKafkaProducer = make_producer(settings)
+        self.cycle_lock = asyncio.Lock()
+        self.assigned = asyncio.Event()
+        self.ready = False
+        self.counts: Counter[str] = Counter()
+        self.rejections: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        await self.producer.start()
+        await self.consumer.start()
+        topics = list(self.settings.topics.input_topics())
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
+        log.info("worker started", topics=topics, group_id=self.settings.group_id)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.producer.stop()
+        log.info("worker stopped", **dict(self.counts))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run cycles until `stop` is set; the cycle in flight finishes first."""
+        while not stop.is_set():
+            await self.run_cycle()
+
+    async def run_cycle(self) -> int:
+        """Fetch, process and settle one batch; return the number of records."""
+        fetched = await self.consumer.getmany(
+            timeout_ms=self.settings.poll_timeout_ms,
+            max_records=self.settings.max_batch_records,
+        )
+        records = merge_in_time_order(fetched)
+        if not records:
+            self.ready = True
+            return 0
+        async with self.cycle_lock:
+            started = time.perf_counter()
+            outcomes = await self._process_until_done(records)
+            await self._settle(outcomes)
+            verdicts = Counter(outcome.verdict for outcome in outcomes)
+            self.counts.update(verdicts)
+            log.info(
+                "batch settled",
+                records=len(records),
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                **dict(verdicts),
+            )
+        return len(records)
+
+    async def _process_until_done(
+        self, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> list[RecordOutcome]:
+        delay = _BACKOFF_FIRST_S
+        while True:
+            try:
+                outcomes = await self.processor.process(records)
+            except InfrastructureError as error:
+                self.ready = False
+                pause = random.uniform(delay / 2, delay)
+                log.warning(
+                    "database unavailable; retrying the batch",
+                    error=str(error),
+                    records=len(records),
+                    retry_in_s=round(pause, 2),
+                )
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+                continue
+            self.ready = True
+            return outcomes
+
+    async def _settle(self, outcomes: list[RecordOutcome]) -> None:
+        rejected = [outcome for outcome in outcomes if outcome.verdict == "rejected"]
+        delay = _BACKOFF_FIRST_S
+        while True:
+            try:
+                await self._send_dead_letters(rejected)
+                rejected = []
+                await self._commit(outcomes)
+                return
+            except (CommitFailedError, IllegalStateError) as error:
+                # The partitions moved to another member, which reads these
+                # records again; the dedupe keys make that harmless.
+                log.warning("offset commit lost to a rebalance", error=repr(error))
+                return
+            except KafkaError as error:
+                self.ready = False
+                pause = random.uniform(delay / 2, delay)
+                log.warning(
+                    "broker unavailable; retrying the settlement",
+                    error=repr(error),
+                    retry_in_s=round(pause, 2),
+                )
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    async def _send_dead_letters(self, rejected: list[RecordOutcome]) -> None:
+        if not rejected:
+            return
+        sends = []
+        for outcome in rejected:
+            record = outcome.record
+            assert outcome.error is not None
+            log.warning(
+                "record dead-lettered",
+                code=str(outcome.error.code),
+                error=outcome.error.message,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                source_system=outcome.envelope.source_system if outcome.envelope else None,
+                dedupe_key=outcome.envelope.dedupe_key if outcome.envelope else None,
+            )
+            sends.append(
+                await self.producer.send(
+                    self.settings.topics.dlq,
+                    value=record.value,
+                    key=record.key,
+                    headers=failure_headers(record, outcome.error),
+                )
+            )
+        # Every dead letter must be acknowledged before its offset is committed.
+        await asyncio.gather(*sends)
+        self.rejections.update(str(outcome.error.code) for outcome in rejected if outcome.error)
+
+    async def _commit(self, outcomes: list[RecordOutcome]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for outcome in outcomes:
+            record = outcome.record
+            tp = TopicPartition(record.topic, record.partition)
+            next_offset = record.offset + 1
+            if tp not in offsets or offsets[tp].offset < next_offset:
+                offsets[tp] = OffsetAndMetadata(next_offset, "")
+        await self.consumer.commit(offsets)
+
+    async def lag(self) -> int:
+        """Return the records not yet committed on the assigned partitions."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return 0
+        ends = await self.consumer.end_offsets(list(assignment))
+        total = 0
+        for tp in assignment:
+            committed = await self.consumer.committed(tp)
+            total += max(0, ends[tp] - (committed or 0))
+        return total

@@ -1,0 +1,1 @@
+"""Where rejected records go: the dead-letter topic and its headers."""

@@ -1,0 +1,51 @@
+"""Kafka clients built from the settings."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from ingest_worker.settings import Settings
+
+
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **settings.kafka.client_options(),
+        acks="all",
+        enable_idempotence=settings.kafka.enable_idempotence,
+        linger_ms=5,
+    )
+
+
+def make_consumer(settings: Settings, group_id: str | None = None) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        **settings.kafka.client_options(),
+        group_id=group_id or settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_uncommitted",
+        max_partition_fetch_bytes=settings.limits.max_value_bytes + 64 * 1024,
+        fetch_max_bytes=max(52_428_800, settings.limits.max_value_bytes * 2),
+    )
+
+
+async def ensure_topics(
+    settings: Settings, partitions: int = 3, replication_factor: int = 1
+) -> list[str]:
+    """Create the configured topics that do not exist yet; return the new ones."""
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in settings.topics.all_topics() if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(name, partitions, replication_factor) for name in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another process created them meanwhile
+        return missing
+    finally:
+        await admin.close()

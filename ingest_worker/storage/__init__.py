@@ -1,0 +1,1 @@
+"""PostgreSQL access: connections, migrations, master data and ingest writes."""

@@ -1,0 +1,1 @@
+"""The trace query: what happened to one serial number."""
