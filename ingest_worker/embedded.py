@@ -148,13 +148,17 @@ class EmbeddedServices:
             "DATABASE_URL": self.database_url,
         }
         if self.broker is not None:
-            # Tansu has no idempotent or transactional producers.
+            # Tansu has no idempotent or transactional producers, and it
+            # assigns partitions after half the session timeout.
             env["KAFKA_ENABLE_IDEMPOTENCE"] = "false"
+            env["INGEST_SESSION_TIMEOUT_MS"] = "3000"
         return env
 
 
 @contextlib.contextmanager
-def embedded_services(environ: dict[str, str] | None = None) -> Iterator[EmbeddedServices]:
+def embedded_services(
+    environ: dict[str, str] | None = None,
+) -> Iterator[EmbeddedServices]:
     """Start what the environment does not already provide, stop it on exit.
 
     `KAFKA_BOOTSTRAP_SERVERS` and `DATABASE_URL`, when set, are used as they are

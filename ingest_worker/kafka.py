@@ -24,6 +24,8 @@ def make_consumer(settings: Settings, group_id: str | None = None) -> AIOKafkaCo
         group_id=group_id or settings.group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.session_timeout_ms // 6),
         isolation_level="read_uncommitted",
         max_partition_fetch_bytes=settings.limits.max_value_bytes + 64 * 1024,
         fetch_max_bytes=max(52_428_800, settings.limits.max_value_bytes * 2),
@@ -38,7 +40,9 @@ async def ensure_topics(
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [name for name in settings.topics.all_topics() if name not in existing]
+        missing = [
+            name for name in settings.topics.all_topics() if name not in existing
+        ]
         if missing:
             try:
                 await admin.create_topics(

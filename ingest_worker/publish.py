@@ -37,7 +37,9 @@ class OutgoingRecord:
     value: bytes
 
 
-def _record_key(document: dict[str, object], paths: Iterable[CompiledPath]) -> bytes | None:
+def _record_key(
+    document: dict[str, object], paths: Iterable[CompiledPath]
+) -> bytes | None:
     for path in paths:
         found = path.resolve(document)
         if len(found) == 1 and isinstance(found[0], str | int) and found[0] != "":
@@ -76,7 +78,8 @@ def plan_records(
         key = None
         if isinstance(document, dict):
             paths = custom_key or [
-                compile_path(path) for path in DEFAULT_KEY_PATHS.get(str(event_type), ())
+                compile_path(path)
+                for path in DEFAULT_KEY_PATHS.get(str(event_type), ())
             ]
             key = _record_key(document, paths)
         target = topic or settings.topics.topic_for(event_type)  # type: ignore[arg-type]

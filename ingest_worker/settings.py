@@ -112,6 +112,9 @@ class Settings(BaseModel):
     # Records fetched per poll, over all assigned partitions.
     max_batch_records: int = Field(default=500, gt=0)
     poll_timeout_ms: int = Field(default=500, gt=0)
+    # A member silent this long leaves the group. Some brokers (Tansu among
+    # them) also wait about half of it before the first assignment.
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
     # Attempts of one batch transaction when a unit changed under it.
     conflict_attempts: int = Field(default=3, gt=0)
     db_pool_size: int = Field(default=4, gt=0)
@@ -158,6 +161,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     take("LOG_LEVEL", raw, "log_level")
     take("LOG_FORMAT", raw, "log_format")
     take("INGEST_MAX_BATCH_RECORDS", raw, "max_batch_records")
+    take("INGEST_SESSION_TIMEOUT_MS", raw, "session_timeout_ms")
     if env.get("INGEST_RETRY_DELAYS_S"):
         raw["retry_delays_s"] = tuple(_split(env["INGEST_RETRY_DELAYS_S"]))
     if env.get("INGEST_DEFERRABLE_CODES") is not None:

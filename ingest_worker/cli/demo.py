@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 
 import orjson
 
-from ingest_worker.consumer.worker import Worker
+from ingest_worker.consumer.worker import Worker, wait_until_settled
 from ingest_worker.embedded import embedded_services
 from ingest_worker.kafka import ensure_topics, make_producer
 from ingest_worker.publish import plan_records, publish_records, read_lines
@@ -29,21 +28,6 @@ _KEY_PATHS = {"30-wash.jsonl": "payload.basket"}
 
 def _samples() -> Path:
     return Path(str(resources.files("ingest_worker").joinpath("samples")))
-
-
-async def wait_until_settled(
-    worker: Worker, running: asyncio.Task[None], timeout_s: float
-) -> None:
-    """Wait until every record on the assigned partitions is committed."""
-    deadline = time.monotonic() + timeout_s
-    await asyncio.wait_for(worker.assigned.wait(), timeout_s)
-    while await worker.lag() > 0:
-        if running.done():
-            running.result()  # raises the worker's error
-            raise RuntimeError("the worker stopped before the records settled")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the worker did not settle within {timeout_s:.0f} s")
-        await asyncio.sleep(0.1)
 
 
 async def demo_command() -> int:
@@ -73,7 +57,9 @@ async def demo_command() -> int:
                     published = await publish_records(
                         producer,
                         plan_records(
-                            read_lines(path), settings, key_path=_KEY_PATHS.get(path.name)
+                            read_lines(path),
+                            settings,
+                            key_path=_KEY_PATHS.get(path.name),
                         ),
                     )
                     await wait_until_settled(worker, running, _SETTLE_TIMEOUT_S)
@@ -96,10 +82,16 @@ async def demo_command() -> int:
                     "SELECT sn, status, current_step_no FROM unit ORDER BY sn"
                 )
             out.write(f"\nTrace of {DEMO_SN}:\n")
-            out.write(orjson.dumps({"ok": True, "data": trace}, option=orjson.OPT_INDENT_2).decode())
+            out.write(
+                orjson.dumps(
+                    {"ok": True, "data": trace}, option=orjson.OPT_INDENT_2
+                ).decode()
+            )
             out.write("\n\nUnits:\n")
             for row in rows:
-                out.write(f"  {row['sn']}  {row['status']:<11} step {row['current_step_no']}\n")
+                out.write(
+                    f"  {row['sn']}  {row['status']:<11} step {row['current_step_no']}\n"
+                )
             rejected = ", ".join(
                 f"{code} x{count}" for code, count in sorted(worker.rejections.items())
             )

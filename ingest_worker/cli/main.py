@@ -69,9 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "dev", help="start the embedded broker and database until Ctrl-C"
     )
-    commands.add_parser(
-        "demo", help="run the sample line end to end and print a trace"
-    )
+    commands.add_parser("demo", help="run the sample line end to end and print a trace")
     return parser
 
 
@@ -207,7 +205,9 @@ async def topics_command(settings: Settings, partitions: int, replicas: int) -> 
 async def run_command(settings: Settings) -> int:
     from ingest_worker.consumer.worker import Worker
 
-    pool = await create_pool(settings.require_database_url(), max_size=settings.db_pool_size)
+    pool = await create_pool(
+        settings.require_database_url(), max_size=settings.db_pool_size
+    )
     worker = Worker(settings, pool)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

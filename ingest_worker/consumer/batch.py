@@ -151,7 +151,7 @@ class BatchProcessor:
                     # After the last attempt, events of the contested units are
                     # rejected with INGEST_CONFLICT; the rest is written.
                     conflicted |= race.unit_ids
-            except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as error:
+            except (TimeoutError, asyncpg.PostgresError, OSError) as error:
                 if is_transient(error):
                     raise InfrastructureError(
                         f"database unavailable: {type(error).__name__}: {error}"
@@ -188,9 +188,7 @@ class BatchProcessor:
             floor = await self._loader.load(
                 connection, [(item.envelope, item.memo) for item in decoded]
             )
-            outcomes = [
-                self._judge(item, known, floor, conflicted) for item in work
-            ]
+            outcomes = [self._judge(item, known, floor, conflicted) for item in work]
             stored = [outcome for outcome in outcomes if outcome.accepted]
             documents = await write_batch(
                 connection,
@@ -222,7 +220,10 @@ class BatchProcessor:
                 f"{envelope.source_system!r} was already used for an event with "
                 "different content; the stored event stays as it is. Give a new "
                 "event a new dedupe key",
-                {"sourceSystem": envelope.source_system, "dedupeKey": envelope.dedupe_key},
+                {
+                    "sourceSystem": envelope.source_system,
+                    "dedupeKey": envelope.dedupe_key,
+                },
             )
             return RecordOutcome(item.record, "rejected", error, envelope)
         try:

@@ -31,7 +31,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from ingest_worker.consumer.batch import BatchProcessor, RecordOutcome, merge_in_time_order
+from ingest_worker.consumer.batch import (
+    BatchProcessor,
+    RecordOutcome,
+    merge_in_time_order,
+)
 from ingest_worker.errors import InfrastructureError
 from ingest_worker.failures.headers import failure_headers
 from ingest_worker.kafka import make_consumer, make_producer
@@ -177,7 +181,9 @@ class Worker:
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
-                source_system=outcome.envelope.source_system if outcome.envelope else None,
+                source_system=outcome.envelope.source_system
+                if outcome.envelope
+                else None,
                 dedupe_key=outcome.envelope.dedupe_key if outcome.envelope else None,
             )
             sends.append(
@@ -190,7 +196,9 @@ class Worker:
             )
         # Every dead letter must be acknowledged before its offset is committed.
         await asyncio.gather(*sends)
-        self.rejections.update(str(outcome.error.code) for outcome in rejected if outcome.error)
+        self.rejections.update(
+            str(outcome.error.code) for outcome in rejected if outcome.error
+        )
 
     async def _commit(self, outcomes: list[RecordOutcome]) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -213,3 +221,18 @@ class Worker:
             committed = await self.consumer.committed(tp)
             total += max(0, ends[tp] - (committed or 0))
         return total
+
+
+async def wait_until_settled(
+    worker: Worker, running: asyncio.Task[None], timeout_s: float
+) -> None:
+    """Wait until every record on the assigned partitions is committed."""
+    deadline = time.monotonic() + timeout_s
+    await asyncio.wait_for(worker.assigned.wait(), timeout_s)
+    while await worker.lag() > 0:
+        if running.done():
+            running.result()  # raises the worker's error
+            raise RuntimeError("the worker stopped before the records settled")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the worker did not settle within {timeout_s:.0f} s")
+        await asyncio.sleep(0.1)

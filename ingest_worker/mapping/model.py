@@ -43,8 +43,8 @@ Judge = Literal["PASS", "FAIL"]
 OccurredAtFormat = Literal["iso", "epoch_ms", "epoch_s"]
 BatchPolicy = Literal["ALL_OR_NOTHING", "PARTIAL"]
 
-# Strict mode keeps YAML scalars such as `yes` (a bool) or `1` from silently
-# becoming the strings "True" or "1".
+# Strict mode accepts only the types as written, so that, for example, bytes
+# are not decoded into a string and a tuple is not taken for a list.
 _MAPPING_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 _MatchValues = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]

@@ -121,7 +121,7 @@ class CompiledPath:
 
 
 def compile_path(text: str) -> CompiledPath:
-    """Parse a path expression; raise PathSyntaxError when it is invalid."""
+    """Parse a path expression, raising PathSyntaxError when it is invalid."""
     if not isinstance(text, str):
         raise TypeError(f"a path must be a string, got {type(text).__name__}")
     if not text:
@@ -134,7 +134,7 @@ def compile_path(text: str) -> CompiledPath:
 
 
 class _Parser:
-    """Recursive-descent parser over the characters of one path."""
+    """Single-pass parser over the characters of one path."""
 
     def __init__(self, text: str) -> None:
         self.text = text

@@ -12,8 +12,8 @@ from typing import Literal
 
 __all__ = ["format_utc", "parse_epoch", "parse_rfc3339"]
 
-# RFC 3339 section 5.6 `date-time`; the offset group is optional here only so that
-# a timestamp without an offset gets its own error message.
+# RFC 3339 section 5.6 `date-time`. The offset group is optional here only so
+# that a timestamp without an offset gets its own error message.
 _RFC3339 = re.compile(
     r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[Tt]"
     r"(?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})(?:\.(?P<fraction>\d+))?"

@@ -92,8 +92,7 @@ def _decide_unit(
     if unit is None:
         raise RecordRejected(
             ErrorCode.UNIT_NOT_FOUND,
-            f"unit {normalized.sn!r} does not exist; register it in run "
-            f"{run.run_no}",
+            f"unit {normalized.sn!r} does not exist; register it in run {run.run_no}",
             {"sn": normalized.sn, "runNo": run.run_no},
         )
     if unit.run_id != run.id:

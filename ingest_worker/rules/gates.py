@@ -81,8 +81,10 @@ def check_step_position(unit: Unit, step: Step, version: RouteVersion) -> None:
     order = [candidate.step_no for candidate in version.steps]
     current = unit.current_step_no
     detail = {"sn": unit.sn, "stepNo": step.step_no, "currentStepNo": current}
-    if current is not None and current in order and (
-        order.index(step.step_no) > order.index(current)
+    if (
+        current is not None
+        and current in order
+        and (order.index(step.step_no) > order.index(current))
     ):
         raise RecordRejected(
             ErrorCode.STEP_NOT_REACHED,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+
 import asyncpg
 import structlog
 
 from ingest_worker.envelope import Envelope
-from ingest_worker.mapping import compile_mapping
 from ingest_worker.errors import RecordRejected
-from ingest_worker.mapping import NormalizedEvent
+from ingest_worker.mapping import NormalizedEvent, compile_mapping
 from ingest_worker.rules.resolution import (
     NormalizeMemo,
     hint_sn,

@@ -285,9 +285,7 @@ async def write_batch(
 
     # Step 6: everything that hangs off the events.
     if rows.carrier_tracks:
-        await connection.execute(
-            _CARRIER_TRACKS_SQL, *_columns(rows.carrier_tracks, 9)
-        )
+        await connection.execute(_CARRIER_TRACKS_SQL, *_columns(rows.carrier_tracks, 9))
         for carrier_id, event_id, unit_ids, moment in rows.loads:
             await connection.execute(_UNLOAD_SQL, carrier_id, unit_ids, moment)
             await connection.execute(_LOAD_SQL, carrier_id, unit_ids, moment, event_id)

@@ -1,14 +1,12 @@
-"""Master data seeding against a real PostgreSQL server on 127.0.0.1:5432.
+"""Master data seeding against a real PostgreSQL server.
 
-Each test gets its own database, copied from a migrated template database that
-this module creates and drops.
+Each test gets its own database from the shared fixtures in conftest.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ from structlog.testing import capture_logs
 from ingest_worker.errors import MasterDataError
 from ingest_worker.storage import seed
 from ingest_worker.storage.database import connect
-from ingest_worker.storage.migrations import migrate
 from ingest_worker.storage.seed import (
     MASTER_DATA_CHANNEL,
     SeedReport,
@@ -33,7 +30,6 @@ from ingest_worker.storage.seed import (
 
 pytestmark = pytest.mark.integration
 
-SERVER_URL = "postgresql://postgres@127.0.0.1:5432"
 # The sample file ships inside the package, next to `storage/`.
 SAMPLE_PATH = Path(seed.__file__).parents[1] / "samples" / "factory.yaml"
 MASTER_TABLES = (
@@ -58,42 +54,6 @@ SAMPLE_COUNTS = {
     "run": 1,
     "unit": 10,
 }
-
-
-async def _admin_connection() -> asyncpg.Connection:
-    try:
-        return await asyncpg.connect(f"{SERVER_URL}/postgres")
-    except OSError as error:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {error}")
-
-
-@pytest.fixture(scope="module")
-async def template_database() -> AsyncIterator[str]:
-    admin = await _admin_connection()
-    name = f"seedtest_template_{secrets.token_hex(6)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        connection = await connect(f"{SERVER_URL}/{name}")
-        try:
-            await migrate(connection)
-        finally:
-            await connection.close()
-        yield name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-@pytest.fixture
-async def database_url(template_database: str) -> AsyncIterator[str]:
-    admin = await _admin_connection()
-    name = f"seedtest_{secrets.token_hex(6)}"
-    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    try:
-        yield f"{SERVER_URL}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture

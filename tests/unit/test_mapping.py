@@ -587,7 +587,7 @@ def test_sn_list_empty_rejected_for_batch() -> None:
     }
 
 
-def test_sn_list_array_without_each_element_rejected_with_hint() -> None:
+def test_sn_list_whole_array_rejected() -> None:
     mapping = dict(BATCH_MAPPING, snListPath="payload.boards")
     error = rejection(mapping, batch_envelope(["A"]), "BATCH")
     reason = error.detail["fields"]["snList"]
@@ -1003,15 +1003,42 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=150)
-@given(payload=JSON_VALUES, step_no=st.sampled_from([10, 20, 30, 40]))
-def test_property_normalize_only_rejects(payload: Any, step_no: int) -> None:
-    envelope = {
-        "dedupeKey": "K",
-        "occurredAt": "2026-12-04T06:00:00Z",
-        "sn": "SN",
-        "payload": payload,
-    }
+SAMPLE_FILES = {
+    10: "10-spi.jsonl",
+    20: "20-aoi.jsonl",
+    30: "30-wash.jsonl",
+    40: "40-fct-openhtf.jsonl",
+}
+
+
+def locations(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """List the key and index chains of every value inside `value`."""
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found.extend(locations(child, (*prefix, key)))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found.extend(locations(child, (*prefix, index)))
+    return found
+
+
+@settings(max_examples=300)
+@given(data=st.data(), step_no=st.sampled_from(sorted(SAMPLE_FILES)))
+def test_property_mutated_sample_normalizes_or_rejects(
+    data: st.DataObject, step_no: int
+) -> None:
+    envelope = copy.deepcopy(load_events(SAMPLE_FILES[step_no])[0])
+    location = data.draw(st.sampled_from(locations(envelope["payload"])))
+    replacement = data.draw(JSON_VALUES)
+    if location:
+        parent = envelope["payload"]
+        for part in location[:-1]:
+            parent = parent[part]
+        parent[location[-1]] = replacement
+    else:
+        envelope["payload"] = replacement
+
     try:
         event = normalize_sample(step_no, envelope)
     except RecordRejected as error:
