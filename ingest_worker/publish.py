@@ -86,6 +86,28 @@ def plan_records(
         yield OutgoingRecord(target, key, value)
 
 
+def plan_envelopes(
+    envelopes: Iterable[tuple[str, dict[str, object]] | str],
+    settings: Settings,
+    *,
+    topic: str | None = None,
+    key_path: str | None = None,
+) -> Iterator[OutgoingRecord | str]:
+    """Turn prepared (source, envelope) pairs into records like `plan_records`.
+
+    A string in the input is a message about an input left out, and it is
+    passed through to the report.
+    """
+    for item in envelopes:
+        if isinstance(item, str):
+            yield item
+            continue
+        where, envelope = item
+        yield from plan_records(
+            [(where, orjson.dumps(envelope))], settings, topic=topic, key_path=key_path
+        )
+
+
 def read_lines(path: Path) -> Iterator[tuple[str, bytes]]:
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):

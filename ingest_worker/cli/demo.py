@@ -93,7 +93,9 @@ async def demo_command() -> int:
                     f"  {row['sn']}  {row['status']:<11} step {row['current_step_no']}\n"
                 )
             rejected = ", ".join(
-                f"{code} x{count}" for code, count in sorted(worker.rejections.items())
+                f"{code} x{count}"
+                for (topic, code), count in sorted(worker.router.sent.items())
+                if topic == settings.topics.dlq
             )
             out.write(f"\nDead letters: {rejected or 'none'}\n")
         finally:

@@ -7,16 +7,21 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
 
+from ingest_worker.cli.dlq import add_dlq_parser
 from ingest_worker.errors import ConfigurationError, IngestWorkerError
 from ingest_worker.logs import configure_logging
 from ingest_worker.settings import Settings, load_settings
 from ingest_worker.storage.database import connect, create_pool, redact_url
+
+if TYPE_CHECKING:
+    from ingest_worker.publish import OutgoingRecord
 
 log = structlog.get_logger(__name__)
 
@@ -46,9 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     publish = commands.add_parser(
-        "publish", help="publish envelopes from a JSON-lines file"
+        "publish",
+        help="publish envelopes from a JSON-lines file, or OpenHTF test records",
     )
-    publish.add_argument("file", type=Path, help="one envelope per line")
+    source = publish.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", type=Path, nargs="?", help="one envelope per line")
+    source.add_argument(
+        "--openhtf",
+        type=Path,
+        metavar="DIR",
+        help="publish the OpenHTF JSON test records (*.json) directly in DIR "
+        "as TEST envelopes",
+    )
     publish.add_argument(
         "--topic", help="send every line to this topic, readable or not"
     )
@@ -65,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     ensure.add_argument(
         "--replication-factor", type=int, default=1, help="for new topics"
     )
+
+    add_dlq_parser(commands)
 
     commands.add_parser(
         "dev", help="start the embedded broker and database until Ctrl-C"
@@ -100,6 +116,10 @@ async def _dispatch(arguments: argparse.Namespace, settings: Settings) -> int:
     if command == "trace":
         return await trace_command(settings, arguments.sn, arguments.mode)
     if command == "publish":
+        if arguments.openhtf is not None:
+            return await publish_openhtf_command(
+                settings, arguments.openhtf, arguments.topic, arguments.key_path
+            )
         return await publish_command(
             settings, arguments.file, arguments.topic, arguments.key_path
         )
@@ -107,6 +127,10 @@ async def _dispatch(arguments: argparse.Namespace, settings: Settings) -> int:
         return await topics_command(
             settings, arguments.partitions, arguments.replication_factor
         )
+    if command == "dlq":
+        from ingest_worker.cli.dlq import dlq_command
+
+        return await dlq_command(settings, arguments)
     if command == "dev":
         from ingest_worker.cli.dev import dev_command
 
@@ -173,18 +197,41 @@ def _print_json(document: object) -> None:
 async def publish_command(
     settings: Settings, path: Path, topic: str | None, key_path: str | None
 ) -> int:
-    from ingest_worker.kafka import make_producer
-    from ingest_worker.publish import plan_records, publish_records, read_lines
+    from ingest_worker.publish import plan_records, read_lines
 
     if not path.is_file():
         raise ConfigurationError(f"file {path} does not exist")
+    records = plan_records(read_lines(path), settings, topic=topic, key_path=key_path)
+    return await _publish_and_report(settings, records)
+
+
+async def publish_openhtf_command(
+    settings: Settings, directory: Path, topic: str | None, key_path: str | None
+) -> int:
+    from ingest_worker.openhtf import iter_record_files
+    from ingest_worker.publish import plan_envelopes
+
+    if not directory.is_dir():
+        raise ConfigurationError(f"directory {directory} does not exist")
+    if not any(directory.glob("*.json")):
+        print(f"no *.json files found in {directory}", file=sys.stderr)
+        return 1
+    records = plan_envelopes(
+        iter_record_files(directory), settings, topic=topic, key_path=key_path
+    )
+    return await _publish_and_report(settings, records)
+
+
+async def _publish_and_report(
+    settings: Settings, records: Iterable[OutgoingRecord | str]
+) -> int:
+    from ingest_worker.kafka import make_producer
+    from ingest_worker.publish import publish_records
+
     producer = make_producer(settings)
     await producer.start()
     try:
-        report = await publish_records(
-            producer,
-            plan_records(read_lines(path), settings, topic=topic, key_path=key_path),
-        )
+        report = await publish_records(producer, records)
     finally:
         await producer.stop()
     for name, count in sorted(report.published.items()):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from aiokafka import ConsumerRecord
 
 from ingest_worker.envelope import Envelope, decode_envelope
 from ingest_worker.errors import ErrorCode, InfrastructureError, RecordRejected
+from ingest_worker.failures.headers import ORIGIN_TOPIC, header_value
 from ingest_worker.rules.decide import Accepted, decide
 from ingest_worker.rules.resolution import NormalizeMemo
 from ingest_worker.rules.state import ShopFloor
@@ -36,6 +36,10 @@ JOIN unnest($1::text[], $2::text[]) AS k(source_system, dedupe_key)
 # SQLSTATE classes and codes that mean "try the same work again later".
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"}
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
+
+
+class _Defect(Exception):
+    """Processing failed for a reason that retrying the same input won't fix."""
 
 
 @dataclass(slots=True)
@@ -60,10 +64,21 @@ class _Work:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Tell whether a database error is worth retrying unchanged."""
-    if isinstance(error, OSError | asyncio.TimeoutError | ConnectionError):
+    """Tell whether a database error is worth retrying unchanged.
+
+    Lost or refused connections, timeouts, serialization failures, deadlocks
+    and a server shutting down or starting are transient.
+    """
+    if isinstance(error, OSError | TimeoutError | ConnectionError):
         return True
-    if isinstance(error, asyncpg.exceptions.InterfaceError):
+    if isinstance(error, asyncpg.exceptions.PostgresConnectionError):
+        return True
+    # asyncpg reports a closed connection as a plain InterfaceError; its data
+    # and configuration subclasses are defects, not outages.
+    if isinstance(error, asyncpg.exceptions.InterfaceError) and not isinstance(
+        error,
+        asyncpg.exceptions.DataError | asyncpg.exceptions.ClientConfigurationError,
+    ):
         return True
     sqlstate = getattr(error, "sqlstate", None)
     if isinstance(sqlstate, str):
@@ -100,39 +115,44 @@ class BatchProcessor:
         """Return one outcome per record, in the order given.
 
         Raises InfrastructureError when the database cannot be used; nothing is
-        written then, and the caller retries the same records.
+        written then, and the caller retries the same records. Any other error
+        is a defect: the batch is written again one record at a time, so only
+        the records that trip it are rejected with INGEST_INTERNAL_ERROR.
         """
         work = [self._decode(record) for record in records]
+        try:
+            return await self._process_guarded(work)
+        except _Defect:
+            if len(work) == 1:
+                return [_internal_error(work[0])]
+        log.warning("batch hit a defect; writing its records one at a time")
+        outcomes: list[RecordOutcome] = []
+        for item in work:
+            try:
+                outcomes.extend(await self._process_guarded([item]))
+            except _Defect:
+                outcomes.append(_internal_error(item))
+        return outcomes
+
+    async def _process_guarded(self, work: list[_Work]) -> list[RecordOutcome]:
+        """Process the work; sort every failure into transient or defect."""
         try:
             return await self._process_work(work)
         except InfrastructureError:
             raise
-        except Exception:
-            if len(work) == 1:
-                log.exception(
-                    "record failed with an internal error",
-                    topic=work[0].record.topic,
-                    partition=work[0].record.partition,
-                    offset=work[0].record.offset,
-                )
-                return [_internal_error(work[0])]
-            # Find the record that trips the defect by writing one at a time.
-            log.exception("batch failed with an internal error; retrying singly")
-            outcomes: list[RecordOutcome] = []
-            for item in work:
-                try:
-                    outcomes.extend(await self._process_work([item]))
-                except InfrastructureError:
-                    raise
-                except Exception:
-                    log.exception(
-                        "record failed with an internal error",
-                        topic=item.record.topic,
-                        partition=item.record.partition,
-                        offset=item.record.offset,
-                    )
-                    outcomes.append(_internal_error(item))
-            return outcomes
+        except Exception as error:
+            if is_transient(error):
+                raise InfrastructureError(
+                    f"database unavailable: {type(error).__name__}: {error}"
+                ) from error
+            log.exception(
+                "records failed with an internal error",
+                records=[
+                    f"{item.record.topic}[{item.record.partition}]@{item.record.offset}"
+                    for item in work[:20]
+                ],
+            )
+            raise _Defect from error
 
     async def _process_work(self, work: list[_Work]) -> list[RecordOutcome]:
         conflicted: set[int] = set()
@@ -151,12 +171,6 @@ class BatchProcessor:
                     # After the last attempt, events of the contested units are
                     # rejected with INGEST_CONFLICT; the rest is written.
                     conflicted |= race.unit_ids
-            except (TimeoutError, asyncpg.PostgresError, OSError) as error:
-                if is_transient(error):
-                    raise InfrastructureError(
-                        f"database unavailable: {type(error).__name__}: {error}"
-                    ) from error
-                raise
         raise InfrastructureError(
             f"the batch kept racing other writers after {attempts} attempts"
         )
@@ -166,13 +180,17 @@ class BatchProcessor:
             envelope = decode_envelope(record.value, self._settings.limits)
         except RecordRejected as error:
             return _Work(record, None, error)
-        expected = self._topic_types.get(record.topic)
+        topic = record.topic
+        if topic == self._settings.topics.retry:
+            # A redelivered record is judged as if read from its input topic.
+            topic = header_value(record.headers or (), ORIGIN_TOPIC) or topic
+        expected = self._topic_types.get(topic)
         if expected is not None and envelope.event_type != expected:
             error = RecordRejected(
                 ErrorCode.EVENT_TYPE_MISMATCH,
-                f"topic {record.topic} takes {expected} events but the envelope "
+                f"topic {topic} takes {expected} events but the envelope "
                 f"says {envelope.event_type}; publish it to the topic of its type",
-                {"topic": record.topic, "eventType": envelope.event_type},
+                {"topic": topic, "eventType": envelope.event_type},
             )
             return _Work(record, None, error)
         return _Work(record, envelope, None)

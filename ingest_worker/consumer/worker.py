@@ -6,8 +6,9 @@ Each cycle:
 2. Judge and write them in one database transaction (`BatchProcessor`). A
    database fault keeps the records in memory and retries them after a backoff,
    so nothing is skipped.
-3. Send the rejected records to the dead-letter topic and wait for the broker
-   to acknowledge every one.
+3. Send the rejected records to the retry topic (deferrable codes with
+   attempts left) or the dead-letter topic, and wait for the broker to
+   acknowledge every one.
 4. Commit the offsets after the last record of each partition. Only now is the
    batch settled: a crash before this point redelivers the records, which the
    dedupe keys turn into duplicates without effect.
@@ -19,9 +20,11 @@ up to what was settled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -36,8 +39,9 @@ from ingest_worker.consumer.batch import (
     RecordOutcome,
     merge_in_time_order,
 )
+from ingest_worker.consumer.retry import RetryConsumer
 from ingest_worker.errors import InfrastructureError
-from ingest_worker.failures.headers import failure_headers
+from ingest_worker.failures.router import FailureRouter
 from ingest_worker.kafka import make_consumer, make_producer
 from ingest_worker.settings import Settings
 
@@ -66,7 +70,7 @@ def _names(partitions: Any) -> list[str]:
 
 
 class Worker:
-    """Consumes the input topics until stopped."""
+    """Consumes the input topics, and the retry topic when due, until stopped."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self.settings = settings
@@ -76,25 +80,41 @@ class Worker:
         self.cycle_lock = asyncio.Lock()
         self.assigned = asyncio.Event()
         self.ready = False
+        self.router = FailureRouter(self.producer, settings)
         self.counts: Counter[str] = Counter()
-        self.rejections: Counter[str] = Counter()
+        self.retries = RetryConsumer(self)
 
     async def start(self) -> None:
         await self.producer.start()
         await self.consumer.start()
         topics = list(self.settings.topics.input_topics())
         self.consumer.subscribe(topics, listener=_Rebalance(self))
+        await self.retries.start()
         log.info("worker started", topics=topics, group_id=self.settings.group_id)
 
     async def stop(self) -> None:
+        await self.retries.stop()
         await self.consumer.stop()
         await self.producer.stop()
         log.info("worker stopped", **dict(self.counts))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run cycles until `stop` is set; the cycle in flight finishes first."""
-        while not stop.is_set():
-            await self.run_cycle()
+        """Run cycles until `stop` is set; the cycles in flight finish first.
+
+        The retry consumer runs beside the input consumer; an error in either
+        stops both and is raised here.
+        """
+        retrying = asyncio.create_task(self.retries.run(stop), name="retry-consumer")
+        try:
+            while not stop.is_set():
+                if retrying.done():
+                    retrying.result()
+                await self.run_cycle()
+        finally:
+            if not stop.is_set():
+                retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retrying
 
     async def run_cycle(self) -> int:
         """Fetch, process and settle one batch; return the number of records."""
@@ -108,8 +128,8 @@ class Worker:
             return 0
         async with self.cycle_lock:
             started = time.perf_counter()
-            outcomes = await self._process_until_done(records)
-            await self._settle(outcomes)
+            outcomes = await self.process_until_done(records)
+            await self.settle(outcomes, self._commit)
             verdicts = Counter(outcome.verdict for outcome in outcomes)
             self.counts.update(verdicts)
             log.info(
@@ -120,7 +140,7 @@ class Worker:
             )
         return len(records)
 
-    async def _process_until_done(
+    async def process_until_done(
         self, records: list[ConsumerRecord[bytes, bytes]]
     ) -> list[RecordOutcome]:
         delay = _BACKOFF_FIRST_S
@@ -142,14 +162,19 @@ class Worker:
             self.ready = True
             return outcomes
 
-    async def _settle(self, outcomes: list[RecordOutcome]) -> None:
+    async def settle(
+        self,
+        outcomes: list[RecordOutcome],
+        commit: Callable[[list[RecordOutcome]], Awaitable[None]],
+    ) -> None:
+        """Send the failures, then commit; retry both while the broker is away."""
         rejected = [outcome for outcome in outcomes if outcome.verdict == "rejected"]
         delay = _BACKOFF_FIRST_S
         while True:
             try:
-                await self._send_dead_letters(rejected)
+                await self._send_failures(rejected)
                 rejected = []
-                await self._commit(outcomes)
+                await commit(outcomes)
                 return
             except (CommitFailedError, IllegalStateError) as error:
                 # The partitions moved to another member, which reads these
@@ -167,38 +192,18 @@ class Worker:
                 await asyncio.sleep(pause)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
 
-    async def _send_dead_letters(self, rejected: list[RecordOutcome]) -> None:
-        if not rejected:
-            return
-        sends = []
+    async def _send_failures(self, rejected: list[RecordOutcome]) -> None:
+        failures = []
         for outcome in rejected:
-            record = outcome.record
             assert outcome.error is not None
-            log.warning(
-                "record dead-lettered",
-                code=str(outcome.error.code),
-                error=outcome.error.message,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                source_system=outcome.envelope.source_system
-                if outcome.envelope
-                else None,
-                dedupe_key=outcome.envelope.dedupe_key if outcome.envelope else None,
-            )
-            sends.append(
-                await self.producer.send(
-                    self.settings.topics.dlq,
-                    value=record.value,
-                    key=record.key,
-                    headers=failure_headers(record, outcome.error),
-                )
-            )
-        # Every dead letter must be acknowledged before its offset is committed.
-        await asyncio.gather(*sends)
-        self.rejections.update(
-            str(outcome.error.code) for outcome in rejected if outcome.error
-        )
+            ids: dict[str, object] = {}
+            if outcome.envelope is not None:
+                ids = {
+                    "source_system": outcome.envelope.source_system,
+                    "dedupe_key": outcome.envelope.dedupe_key,
+                }
+            failures.append((outcome.record, outcome.error, ids))
+        await self.router.send(failures)
 
     async def _commit(self, outcomes: list[RecordOutcome]) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}

@@ -48,6 +48,7 @@ def failure_headers(
     record: ConsumerRecord[bytes, bytes],
     error: RecordRejected,
     *,
+    retry_topic: str | None = None,
     failed_at: datetime | None = None,
 ) -> Headers:
     """Keep the record's own headers and add why and where it failed.
@@ -56,6 +57,10 @@ def failure_headers(
     record read from another topic than its origin (the retry topic) keeps the
     origin it had; a replayed record read from its origin topic again gets its
     new position.
+
+    `ingest.attempt` counts the deliveries that failed: 1 for a record read
+    from an input topic, one more than before for a record read from the retry
+    topic.
     """
     original = list(record.headers or ())
     origin_topic = header_value(original, ORIGIN_TOPIC)
@@ -70,7 +75,7 @@ def failure_headers(
         origin_timestamp = format_utc(
             datetime.fromtimestamp(record.timestamp / 1000, UTC)
         )
-    attempt = int_header(original, ATTEMPT, 1)
+    attempt = int_header(original, ATTEMPT, 0) + 1 if record.topic == retry_topic else 1
     replay_count = int_header(original, REPLAY_COUNT, 0)
     kept = [(key, value) for key, value in original if not key.startswith(PREFIX)]
     moment = failed_at or datetime.now(UTC)
