@@ -122,6 +122,22 @@ class EmbeddedDatabase:
         self.server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
         log.info("embedded database started", data_dir=str(self.data_dir))
 
+    def halt(self) -> None:
+        """Stop the server process but keep its data, as an outage would."""
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(
+            ["-w", "-m", "fast", "stop"],
+            pgdata=self.server.pgdata,
+            user=self.server.system_user,
+        )
+        log.info("embedded database halted")
+
+    def resume(self) -> None:
+        """Start the server process again on the same data after `halt`."""
+        self.server.ensure_postgres_running()
+        log.info("embedded database resumed")
+
     def stop(self) -> None:
         if self.server is None:
             return

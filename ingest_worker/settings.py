@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -102,7 +102,7 @@ class Settings(BaseModel):
     group_id: str = "mes-ingest-worker"
     topics: Topics = Topics()
     limits: Limits = Limits()
-    retry_delays_s: tuple[float, ...] = (10.0, 60.0, 300.0)
+    retry_delays_s: tuple[Annotated[float, Field(ge=0)], ...] = (10.0, 60.0, 300.0)
     deferrable_codes: frozenset[ErrorCode] = frozenset(DEFERRABLE_CODES)
     max_replays: int = 5
     http_addr: str = "127.0.0.1:8080"
@@ -162,7 +162,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     take("LOG_FORMAT", raw, "log_format")
     take("INGEST_MAX_BATCH_RECORDS", raw, "max_batch_records")
     take("INGEST_SESSION_TIMEOUT_MS", raw, "session_timeout_ms")
-    if env.get("INGEST_RETRY_DELAYS_S"):
+    if env.get("INGEST_RETRY_DELAYS_S") is not None:
+        # An empty schedule sends deferrable failures straight to dead letters.
         raw["retry_delays_s"] = tuple(_split(env["INGEST_RETRY_DELAYS_S"]))
     if env.get("INGEST_DEFERRABLE_CODES") is not None:
         raw["deferrable_codes"] = frozenset(_split(env["INGEST_DEFERRABLE_CODES"]))

@@ -43,8 +43,8 @@ log = structlog.get_logger(__name__)
 # stops on an error replays at most this many records again on the next run.
 COMMIT_INTERVAL_RECORDS = 500
 _FETCH_TIMEOUT_MS = 500
-# Records with an unusable origin topic are logged one by one up to this count.
-_MAX_ORIGIN_WARNINGS = 10
+# Records that cannot be replayed are logged one by one up to this count.
+_MAX_INVALID_WARNINGS = 10
 
 ProgressCallback = Callable[["ScanProgress"], None]
 
@@ -155,6 +155,8 @@ class ScanProgress:
     selected: int = 0
     replayed: int = 0
     skipped: int = 0
+    # Set in the last report of a replay run, before its closing log line.
+    finished: bool = False
 
 
 # Reading the topic
@@ -413,8 +415,9 @@ class ReplayReport:
     read: int = 0
     replayed: int = 0
     skipped_max_replays: int = 0
-    # The origin header is missing or names a topic that is not an input topic.
-    skipped_unknown_origin: int = 0
+    # Records that cannot be replayed: the origin header is missing or names a
+    # topic that is not an input topic, or the record has neither key nor value.
+    skipped_invalid: int = 0
     not_selected: int = 0
     replayed_by_topic: dict[str, int] = field(default_factory=dict)
     # True when the stop event ended the run before the end offsets.
@@ -423,7 +426,7 @@ class ReplayReport:
 
     @property
     def skipped(self) -> int:
-        return self.skipped_max_replays + self.skipped_unknown_origin
+        return self.skipped_max_replays + self.skipped_invalid
 
     def progress(self) -> ScanProgress:
         return ScanProgress(
@@ -523,6 +526,10 @@ async def replay_dead_letters(
                 if committer.uncommitted >= COMMIT_INTERVAL_RECORDS:
                     await committer.commit()
         await committer.commit()
+        if progress is not None:
+            final = report.progress()
+            final.finished = True
+            progress(final)
     finally:
         if producer is not None:
             await producer.stop()
@@ -532,7 +539,7 @@ async def replay_dead_letters(
         read=report.read,
         replayed=report.replayed,
         skipped_max_replays=report.skipped_max_replays,
-        skipped_unknown_origin=report.skipped_unknown_origin,
+        skipped_invalid=report.skipped_invalid,
         not_selected=report.not_selected,
         stopped=report.stopped,
         dry_run=dry_run,
@@ -552,11 +559,18 @@ def _replay_target(
         report.not_selected += 1
         return None
     record = letter.record
+    problem = None
     if letter.origin_topic not in input_topics:
-        report.skipped_unknown_origin += 1
-        if report.skipped_unknown_origin <= _MAX_ORIGIN_WARNINGS:
+        problem = "its origin topic is not an input topic"
+    elif record.key is None and record.value is None:
+        # Kafka clients, aiokafka among them, reject a record without both.
+        problem = "it has neither key nor value"
+    if problem is not None:
+        report.skipped_invalid += 1
+        if report.skipped_invalid <= _MAX_INVALID_WARNINGS:
             log.warning(
-                "dead letter skipped: its origin topic is not an input topic",
+                "dead letter skipped",
+                reason=problem,
                 origin_topic=letter.origin_topic,
                 input_topics=sorted(input_topics),
                 topic=record.topic,

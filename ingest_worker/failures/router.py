@@ -23,6 +23,9 @@ from ingest_worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# A rejected record, its error, and the ids to log with it.
+Failure = tuple[ConsumerRecord[bytes, bytes], RecordRejected, dict[str, object]]
+
 
 class FailureRouter:
     """Decide where each rejected record goes and send it there.
@@ -73,9 +76,9 @@ class FailureRouter:
         routed: list[tuple[str, str]] = []
         for record, error, ids in failures:
             topic, headers = self.destination(record, error, now)
-            kind = "retry" if topic == self._settings.topics.retry else "dead letter"
+            retried = topic == self._settings.topics.retry
             log.warning(
-                f"record sent to {kind}",
+                "record sent to retry" if retried else "record dead-lettered",
                 code=str(error.code),
                 error=error.message,
                 topic=record.topic,

@@ -143,3 +143,22 @@ async def fetch_all(database_url: str, sql: str, *args: Any) -> list[asyncpg.Rec
 
 def headers_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
     return {key: value.decode() for key, value in record.headers}
+
+
+async def wait_for(check: Any, timeout_s: float = SETTLE_TIMEOUT_S) -> Any:
+    """Poll an async check until it returns a true value; return that value."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout_s:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+def sample_factory() -> dict[str, Any]:
+    """Return the sample factory as a document that a test may change."""
+    import yaml
+
+    return yaml.safe_load((SAMPLES / "factory.yaml").read_text(encoding="utf-8"))
