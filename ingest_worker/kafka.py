@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -44,12 +46,11 @@ async def ensure_topics(
             name for name in settings.topics.all_topics() if name not in existing
         ]
         if missing:
-            try:
+            # Another process may create them meanwhile.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(name, partitions, replication_factor) for name in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass  # another process created them meanwhile
         return missing
     finally:
         await admin.close()

@@ -87,10 +87,13 @@ class KafkaSettings(BaseModel):
             options["sasl_plain_username"] = self.sasl_username
             if self.sasl_password is not None:
                 options["sasl_plain_password"] = self.sasl_password.get_secret_value()
-        if self.ssl_cafile:
+        if self.ssl_cafile or self.security_protocol in ("SSL", "SASL_SSL"):
             import ssl
 
-            options["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
+            # Without a CA file the system's trusted certificates apply.
+            options["ssl_context"] = ssl.create_default_context(
+                cafile=self.ssl_cafile or None
+            )
         return options
 
 

@@ -89,9 +89,8 @@ async def demo_command() -> int:
             )
             out.write("\n\nUnits:\n")
             for row in rows:
-                out.write(
-                    f"  {row['sn']}  {row['status']:<11} step {row['current_step_no']}\n"
-                )
+                status, step = row["status"], row["current_step_no"]
+                out.write(f"  {row['sn']}  {status:<11} step {step}\n")
             rejected = ", ".join(
                 f"{code} x{count}"
                 for (topic, code), count in sorted(worker.router.sent.items())

@@ -42,7 +42,8 @@ def add_dlq_parser(
         "--code",
         action="append",
         default=[],
-        help="select records with this ingest.error.code; repeat for several codes",
+        help="select records with this ingest.error.code (repeat the option for "
+        "several codes)",
     )
     filters.add_argument(
         "--source-system", help="select envelopes with this sourceSystem"
@@ -89,12 +90,13 @@ def add_dlq_parser(
         description="Publish the selected dead letters back to their origin "
         "topic with ingest.replay.count raised by one. The progress is "
         "committed, so the next run continues after the last record handled, "
-        "selected or not.",
+        "selected or not. Use --from-beginning to read the whole topic again, "
+        "for example with other filters.",
     )
     replay.add_argument(
         "--limit",
         type=_positive_int,
-        help="replay at most this many records; the next run continues after "
+        help="replay at most this many records. The next run continues after "
         "the last one",
     )
     replay.add_argument(
@@ -105,7 +107,7 @@ def add_dlq_parser(
     replay.add_argument(
         "--dry-run",
         action="store_true",
-        help="print what would be replayed; publish and commit nothing",
+        help="print what would be replayed without publishing or committing",
     )
     replay.add_argument(
         "--from-beginning",
@@ -144,9 +146,10 @@ async def dlq_command(settings: Settings, arguments: argparse.Namespace) -> int:
         if arguments.dlq_command == "replay":
             return await _replay(settings, selection, arguments)
     except KafkaError as error:
-        raise InfrastructureError(
-            f"dlq {arguments.dlq_command} failed on the broker: {error!r}"
-        ) from error
+        message = f"dlq {arguments.dlq_command} failed on the broker: {error!r}"
+        if arguments.dlq_command == "replay":
+            message += "; run it again to resume after the last committed record"
+        raise InfrastructureError(message) from error
     raise AssertionError(arguments.dlq_command)
 
 
@@ -155,8 +158,8 @@ def _selection(arguments: argparse.Namespace) -> Selection:
     for code in arguments.code:
         if code not in known:
             print(
-                f"ingest-worker: warning: {code} is not an error code of this "
-                "version; only dead letters with exactly this code are selected",
+                f"ingest-worker: warning: unknown error code {code}, so only dead "
+                "letters with exactly this code are selected",
                 file=sys.stderr,
             )
     if (
@@ -287,10 +290,11 @@ def format_replay_summary(report: ReplayReport, max_replays: int) -> str:
         f"{report.skipped_max_replays} records skipped: replayed {max_replays} "
         "times already (--force replays them)"
     )
-    if report.skipped_unknown_origin:
+    if report.skipped_invalid:
         lines.append(
-            f"{report.skipped_unknown_origin} records skipped: "
-            "ingest.origin.topic is missing or not an input topic"
+            f"{report.skipped_invalid} records skipped: ingest.origin.topic is "
+            "missing or not an input topic, or the record has neither key nor "
+            "value (see the warnings)"
         )
     lines.append(f"{report.not_selected} records not selected by the filters")
     if report.dry_run:
@@ -301,7 +305,11 @@ def format_replay_summary(report: ReplayReport, max_replays: int) -> str:
 
 
 class ProgressLine:
-    """A progress line redrawn in place on a terminal; silent on other streams."""
+    """A progress line redrawn in place on a terminal.
+
+    On a stream that is not a terminal, such as a pipe or a file, it writes
+    nothing.
+    """
 
     def __init__(self, stream: TextIO, *, replay: bool = False) -> None:
         self._stream = stream
@@ -312,6 +320,9 @@ class ProgressLine:
 
     def update(self, counts: ScanProgress) -> None:
         if not self._enabled:
+            return
+        if counts.finished:
+            self.clear()
             return
         now = time.monotonic()
         if now - self._drawn_at < _PROGRESS_INTERVAL_S and counts.read < counts.total:

@@ -21,6 +21,8 @@ from ingest_worker.settings import Settings, load_settings
 from ingest_worker.storage.database import connect, create_pool, redact_url
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from ingest_worker.publish import OutgoingRecord
 
 log = structlog.get_logger(__name__)
@@ -251,19 +253,58 @@ async def topics_command(settings: Settings, partitions: int, replicas: int) -> 
 
 async def run_command(settings: Settings) -> int:
     from ingest_worker.consumer.worker import Worker
+    from ingest_worker.service.http import start_http, stop_http
 
-    pool = await create_pool(
-        settings.require_database_url(), max_size=settings.db_pool_size
-    )
-    worker = Worker(settings, pool)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await worker.start()
+    pool = await _open_pool(settings)
     try:
-        await worker.run(stop)
+        await _require_migrated(pool)
+        worker = Worker(settings, pool)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await worker.start()
+        http = None
+        try:
+            http = await start_http(settings, pool, worker)
+            await worker.run(stop)
+        finally:
+            await worker.stop()
+            if http is not None:
+                await stop_http(http)
     finally:
-        await worker.stop()
         await pool.close()
     return 0
+
+
+async def _open_pool(settings: Settings) -> asyncpg.Pool:
+    import asyncpg
+
+    url = settings.require_database_url()
+    try:
+        return await create_pool(url, max_size=settings.db_pool_size)
+    except (OSError, asyncpg.PostgresError) as error:
+        raise ConfigurationError(
+            f"cannot connect to the database at {redact_url(url)}: {error}"
+        ) from error
+
+
+async def _require_migrated(pool: asyncpg.Pool) -> None:
+    """Raise ConfigurationError unless every migration of this build is applied."""
+    from ingest_worker.storage.migrations import load_migrations
+
+    async with pool.acquire() as connection:
+        applied: set[int] = set()
+        if await connection.fetchval("SELECT to_regclass('schema_migration')"):
+            rows = await connection.fetch("SELECT version FROM schema_migration")
+            applied = {row["version"] for row in rows}
+    missing = [
+        f"{migration.version:03d}_{migration.name}"
+        for migration in load_migrations()
+        if migration.version not in applied
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"the database schema is not migrated (missing {', '.join(missing)}); "
+            "run `ingest-worker migrate` first"
+        )

@@ -19,6 +19,7 @@ from ingest_worker.rules.decide import Accepted, decide
 from ingest_worker.rules.resolution import NormalizeMemo
 from ingest_worker.rules.state import ShopFloor
 from ingest_worker.settings import Settings
+from ingest_worker.storage.database import is_transient
 from ingest_worker.storage.floor import FloorLoader
 from ingest_worker.storage.writer import BatchRace, Origin, write_batch
 
@@ -32,10 +33,6 @@ FROM ingest_event e
 JOIN unnest($1::text[], $2::text[]) AS k(source_system, dedupe_key)
   ON e.source_system = k.source_system AND e.dedupe_key = k.dedupe_key
 """
-
-# SQLSTATE classes and codes that mean "try the same work again later".
-_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"}
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
 
 
 class _Defect(Exception):
@@ -61,31 +58,6 @@ class _Work:
     envelope: Envelope | None
     error: RecordRejected | None
     memo: NormalizeMemo = field(default_factory=dict)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Tell whether a database error is worth retrying unchanged.
-
-    Lost or refused connections, timeouts, serialization failures, deadlocks
-    and a server shutting down or starting are transient.
-    """
-    if isinstance(error, OSError | TimeoutError | ConnectionError):
-        return True
-    if isinstance(error, asyncpg.exceptions.PostgresConnectionError):
-        return True
-    # asyncpg reports a closed connection as a plain InterfaceError; its data
-    # and configuration subclasses are defects, not outages.
-    if isinstance(error, asyncpg.exceptions.InterfaceError) and not isinstance(
-        error,
-        asyncpg.exceptions.DataError | asyncpg.exceptions.ClientConfigurationError,
-    ):
-        return True
-    sqlstate = getattr(error, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith(
-            _TRANSIENT_SQLSTATE_CLASSES
-        )
-    return False
 
 
 def merge_in_time_order(

@@ -128,8 +128,10 @@ class RetryConsumer:
                 if fetched:
                     await self._commit([])
                 return
+            started = time.perf_counter()
             outcomes = await self._worker.process_until_done(due)
             await self._worker.settle(outcomes, self._commit)
+            self._worker.metrics.batch_settled(outcomes, time.perf_counter() - started)
             verdicts = Counter(outcome.verdict for outcome in outcomes)
             self.counts.update(verdicts)
             self._worker.counts.update(verdicts)

@@ -43,6 +43,8 @@ from ingest_worker.consumer.retry import RetryConsumer
 from ingest_worker.errors import InfrastructureError
 from ingest_worker.failures.router import FailureRouter
 from ingest_worker.kafka import make_consumer, make_producer
+from ingest_worker.outbox.relay import OutboxRelay
+from ingest_worker.service.metrics import WorkerMetrics
 from ingest_worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -72,17 +74,25 @@ def _names(partitions: Any) -> list[str]:
 class Worker:
     """Consumes the input topics, and the retry topic when due, until stopped."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.pool = pool
         self.processor = BatchProcessor(pool, settings)
         self.consumer: AIOKafkaConsumer = make_consumer(settings)
         self.producer: AIOKafkaProducer = make_producer(settings)
         self.cycle_lock = asyncio.Lock()
         self.assigned = asyncio.Event()
         self.ready = False
-        self.router = FailureRouter(self.producer, settings)
+        self.router = FailureRouter(self.producer, settings, self.metrics)
         self.counts: Counter[str] = Counter()
         self.retries = RetryConsumer(self)
+        self.relay = OutboxRelay(pool, self.producer, settings)
 
     async def start(self) -> None:
         await self.producer.start()
@@ -101,20 +111,25 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Run cycles until `stop` is set; the cycles in flight finish first.
 
-        The retry consumer runs beside the input consumer; an error in either
-        stops both and is raised here.
+        The retry consumer and the outbox relay run beside the input consumer;
+        an error in any of them stops all and is raised here.
         """
-        retrying = asyncio.create_task(self.retries.run(stop), name="retry-consumer")
+        helpers = [
+            asyncio.create_task(self.retries.run(stop), name="retry-consumer"),
+            asyncio.create_task(self.relay.run(stop), name="outbox-relay"),
+        ]
         try:
             while not stop.is_set():
-                if retrying.done():
-                    retrying.result()
+                for task in helpers:
+                    if task.done():
+                        task.result()
                 await self.run_cycle()
         finally:
-            if not stop.is_set():
-                retrying.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await retrying
+            for task in helpers:
+                if not stop.is_set():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def run_cycle(self) -> int:
         """Fetch, process and settle one batch; return the number of records."""
@@ -124,18 +139,20 @@ class Worker:
         )
         records = merge_in_time_order(fetched)
         if not records:
-            self.ready = True
+            self._set_ready(True)
             return 0
         async with self.cycle_lock:
             started = time.perf_counter()
             outcomes = await self.process_until_done(records)
             await self.settle(outcomes, self._commit)
+            duration_s = time.perf_counter() - started
+            self.metrics.batch_settled(outcomes, duration_s)
             verdicts = Counter(outcome.verdict for outcome in outcomes)
             self.counts.update(verdicts)
             log.info(
                 "batch settled",
                 records=len(records),
-                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                duration_ms=round(duration_s * 1000, 1),
                 **dict(verdicts),
             )
         return len(records)
@@ -148,7 +165,7 @@ class Worker:
             try:
                 outcomes = await self.processor.process(records)
             except InfrastructureError as error:
-                self.ready = False
+                self._set_ready(False)
                 pause = random.uniform(delay / 2, delay)
                 log.warning(
                     "database unavailable; retrying the batch",
@@ -159,7 +176,7 @@ class Worker:
                 await asyncio.sleep(pause)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 continue
-            self.ready = True
+            self._set_ready(True)
             return outcomes
 
     async def settle(
@@ -182,7 +199,7 @@ class Worker:
                 log.warning("offset commit lost to a rebalance", error=repr(error))
                 return
             except KafkaError as error:
-                self.ready = False
+                self._set_ready(False)
                 pause = random.uniform(delay / 2, delay)
                 log.warning(
                     "broker unavailable; retrying the settlement",
@@ -214,6 +231,10 @@ class Worker:
             if tp not in offsets or offsets[tp].offset < next_offset:
                 offsets[tp] = OffsetAndMetadata(next_offset, "")
         await self.consumer.commit(offsets)
+
+    def _set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        self.metrics.ready.set(1 if ready else 0)
 
     async def lag(self) -> int:
         """Return the records not yet committed on the assigned partitions."""

@@ -3,8 +3,11 @@
 Every command reads the topic up to the end offsets taken when it starts, so
 records dead-lettered while it runs are left to the next run. `list` and `show`
 read from the beginning without a consumer group. `replay` stores its progress
-as the committed offsets of its own consumer group, which it uses only for
-offset storage: it assigns the partitions itself and never joins the group.
+as the committed offsets of its own consumer group. It uses the group only to
+store offsets, because it assigns the partitions itself and never joins it.
+
+NOTE: nothing stops two replays from running at once. Both would read from the
+same committed offsets and publish the same records twice.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ from typing import Any
 
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from ingest_worker.errors import ConfigurationError
@@ -114,12 +122,11 @@ def _parse_failed_at(text: str | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class Selection:
-    """Filters of the dlq commands. A record is selected when it matches every
-    filter that is set.
+    """Filters of the dlq commands.
 
-    `since` is inclusive and `until` exclusive. Both compare with
-    `ingest.failed.at`, so a record without a readable failure time matches
-    neither of them.
+    A record is selected when it matches every filter that is set. `since` is
+    inclusive and `until` exclusive. Both compare with `ingest.failed.at`, so a
+    record without a readable failure time matches neither of them.
     """
 
     codes: frozenset[str] = frozenset()
@@ -216,8 +223,9 @@ async def _seek_range(
         if committed is not None:
             if committed > ends[tp]:
                 log.warning(
-                    "committed replay offset is beyond the end of the partition; "
-                    "was the topic recreated? Use --from-beginning to read it all",
+                    "committed replay offset is beyond the end of the partition, "
+                    "so the partition is not read",
+                    hint="if the topic was recreated, use --from-beginning",
                     topic=tp.topic,
                     partition=tp.partition,
                     committed=committed,
@@ -365,8 +373,8 @@ def describe_record(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
     """Return a JSON-ready view of a record with every header.
 
     Keys and header values are text, or base64 when they are not UTF-8, and
-    `keyEncoding` or `encoding` says which. The value is the parsed JSON when
-    it parses, else text or base64, and `valueEncoding` says which.
+    `keyEncoding` or `encoding` names the form. The value is the parsed JSON
+    when it parses, else text or base64, and `valueEncoding` names the form.
     """
     key, key_encoding = _encode_bytes(record.key)
     headers = []
@@ -460,11 +468,11 @@ async def replay_dead_letters(
     committed too, so the next run starts after them.
 
     A record whose `ingest.replay.count` reached `settings.max_replays` is
-    skipped unless `force` is set. `on_replay` is called with each record and
-    its origin topic as it is published, or with `dry_run` instead of
-    publishing. A dry run publishes and commits nothing. A broker error is
-    raised as it is. The offsets committed before it stand, so the next run
-    publishes at most `COMMIT_INTERVAL_RECORDS` records again.
+    skipped unless `force` is set. `on_replay` receives each record and its
+    origin topic when the record is sent, or in a dry run when it would be. A
+    dry run publishes and commits nothing. A broker error is raised as it is.
+    The offsets committed before it stand, so the next run publishes at most
+    `COMMIT_INTERVAL_RECORDS` records again.
     """
     input_topics = set(settings.topics.input_topics())
     # With `force`, no replay count is too high.
@@ -499,14 +507,7 @@ async def replay_dead_letters(
                 if origin is not None:
                     if producer is not None:
                         committer.pending.append(
-                            await producer.send(
-                                origin,
-                                value=record.value,
-                                key=record.key,
-                                headers=replay_headers(
-                                    record.headers or (), letter.replay_count
-                                ),
-                            )
+                            await _publish(producer, letter, origin)
                         )
                     report.replayed += 1
                     report.replayed_by_topic[origin] = (
@@ -547,6 +548,19 @@ async def replay_dead_letters(
     return report
 
 
+async def _publish(
+    producer: AIOKafkaProducer, letter: DeadLetter, origin: str
+) -> asyncio.Future[Any]:
+    """Send a dead letter to its origin topic and return the delivery future."""
+    record = letter.record
+    return await producer.send(
+        origin,
+        value=record.value,
+        key=record.key,
+        headers=replay_headers(record.headers or (), letter.replay_count),
+    )
+
+
 def _replay_target(
     letter: DeadLetter,
     selection: Selection,
@@ -585,8 +599,7 @@ def _replay_target(
 
 
 class _ReplayCommitter:
-    """Commits the offsets after the handled records once their publishes are
-    acknowledged."""
+    """Offset commits that wait until the publishes they cover are acknowledged."""
 
     def __init__(self, consumer: AIOKafkaConsumer, *, enabled: bool) -> None:
         self._consumer = consumer

@@ -19,6 +19,7 @@ from ingest_worker.failures.headers import (
     int_header,
 )
 from ingest_worker.mapping import format_utc
+from ingest_worker.service.metrics import WorkerMetrics
 from ingest_worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -36,9 +37,15 @@ class FailureRouter:
     scheduled attempt, goes to the dead-letter topic.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, settings: Settings) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        settings: Settings,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self._producer = producer
         self._settings = settings
+        self._metrics = metrics
         self.sent: Counter[tuple[str, str]] = Counter()
 
     def destination(
@@ -95,3 +102,6 @@ class FailureRouter:
             routed.append((topic, str(error.code)))
         await asyncio.gather(*pending)
         self.sent.update(routed)
+        if self._metrics is not None:
+            for topic, code in routed:
+                self._metrics.failure_routed(topic == self._settings.topics.retry, code)

@@ -143,17 +143,19 @@ def _decide_carrier(
         except RecordRejected as error:
             failures[sn] = error
     if policy == "ALL_OR_NOTHING":
+        # The units' common step is checked after their existence, run and
+        # status, but before their position relative to the event's step.
+        position_codes = (ErrorCode.STEP_NOT_REACHED, ErrorCode.STEP_MISMATCH)
+        earlier = {
+            sn: error
+            for sn, error in failures.items()
+            if error.code not in position_codes
+        }
+        if earlier:
+            raise _first_gate_failure(earlier)
+        _check_common_step([floor.units[sn] for sn in normalized.snList])
         if failures:
             raise _first_gate_failure(failures)
-        steps = {unit.current_step_no for unit in passing}
-        if len(steps) > 1:
-            raise RecordRejected(
-                ErrorCode.STEP_MISMATCH,
-                "the units of the carrier are at different steps "
-                f"({', '.join(str(s) for s in sorted(steps, key=str))}); a carrier "
-                "event needs all its units at one step",
-                {"steps": {unit.sn: unit.current_step_no for unit in passing}},
-            )
     elif not passing:
         raise _first_gate_failure(failures)
 
@@ -188,6 +190,18 @@ def _decide_carrier(
             for sn, error in failures.items()
         },
     )
+
+
+def _check_common_step(units: list[Unit]) -> None:
+    steps = {unit.current_step_no for unit in units}
+    if len(steps) > 1:
+        raise RecordRejected(
+            ErrorCode.STEP_MISMATCH,
+            "the units of the carrier are at different steps "
+            f"({', '.join(str(s) for s in sorted(steps, key=str))}); a carrier "
+            "event needs all its units at one step",
+            {"steps": {unit.sn: unit.current_step_no for unit in units}},
+        )
 
 
 def _check_carrier_unit(

@@ -104,8 +104,9 @@ def check_run_status(run: Run, step: Step, *, carrier_event: bool = False) -> No
     """Closed and PREP runs take no results; some steps need authorization.
 
     A closed run is reported before authorization, because RUN_CLOSED is final
-    while RUN_NOT_AUTHORIZED is retried. Carrier events need an authorized or
-    running run whatever the step says.
+    while RUN_NOT_AUTHORIZED is retried. A PREP run is RUN_NOT_AUTHORIZED for a
+    step that requires authorization and RUN_IN_PREP for any other step.
+    Carrier events need an authorized or running run whatever the step says.
     """
     detail = {"runNo": run.run_no, "status": run.status, "stepNo": step.step_no}
     if run.status in CLOSED_RUN_STATUSES:
@@ -115,16 +116,16 @@ def check_run_status(run: Run, step: Step, *, carrier_event: bool = False) -> No
             detail,
         )
     needs_authorization = step.requires_authorization or carrier_event
-    if run.status == "PREP" and not carrier_event:
-        raise RecordRejected(
-            ErrorCode.RUN_IN_PREP,
-            f"run {run.run_no} is still in PREP; authorize the run first",
-            detail,
-        )
     if needs_authorization and run.status not in OPEN_RUN_STATUSES:
         raise RecordRejected(
             ErrorCode.RUN_NOT_AUTHORIZED,
             f"run {run.run_no} is {run.status}; step {step.step_no} needs it "
             "AUTHORIZED or IN_PROGRESS",
+            detail,
+        )
+    if run.status == "PREP":
+        raise RecordRejected(
+            ErrorCode.RUN_IN_PREP,
+            f"run {run.run_no} is still in PREP; authorize the run first",
             detail,
         )

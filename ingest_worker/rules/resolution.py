@@ -138,6 +138,25 @@ def current_step_hint(envelope: Envelope, floor: ShopFloor) -> int | None:
     return steps.pop() if len(steps) == 1 else None
 
 
+def _mapped_current_step(
+    envelope: Envelope, version: RouteVersion, floor: ShopFloor, memo: NormalizeMemo
+) -> int | None:
+    """Return the first candidate step at which the units it maps to all stand.
+
+    An envelope with runNo may name its units only in the payload, so the
+    units' current step is known only after a mapping has normalized the event.
+    """
+    for step in version.candidates(envelope.event_type):
+        outcome = normalize_with(step, envelope, memo)
+        if isinstance(outcome, RecordRejected):
+            continue
+        serials = [outcome.sn] if outcome.sn else outcome.snList
+        units = [floor.units[sn] for sn in serials if sn in floor.units]
+        if units and all(unit.current_step_no == step.step_no for unit in units):
+            return step.step_no
+    return None
+
+
 def choose_step(
     envelope: Envelope,
     version: RouteVersion,
@@ -146,15 +165,18 @@ def choose_step(
 ) -> tuple[Step, NormalizedEvent]:
     """Pick the event's step and its normalized form.
 
-    The first candidate whose mapping normalizes the event and whose station
-    constraints the normalized station meets wins. When none meets the station
-    constraints, the first candidate that normalizes is returned, and the
+    The units' current step is tried first, then the other candidates in step
+    order. The units are those the envelope names, or else those a mapping
+    yields. The first candidate whose mapping normalizes the event and whose
+    station constraints the normalized station meets wins. When none meets the
+    station constraints, the first candidate that normalizes is returned, and the
     station gate reports the mismatch. When none normalizes, the first
     candidate's errors are raised.
     """
-    candidates = ordered_candidates(
-        version, envelope.event_type, current_step_hint(envelope, floor)
-    )
+    current = current_step_hint(envelope, floor)
+    if current is None:
+        current = _mapped_current_step(envelope, version, floor, memo)
+    candidates = ordered_candidates(version, envelope.event_type, current)
     if not candidates:
         raise RecordRejected(
             ErrorCode.INGEST_MAPPING_MISSING,

@@ -7,6 +7,10 @@ from typing import Any
 import asyncpg
 import orjson
 
+# SQLSTATE classes and codes that mean "try the same work again later".
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"}
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
+
 
 def _encode_json(value: Any) -> str:
     return orjson.dumps(value).decode()
@@ -43,3 +47,28 @@ def redact_url(url: str) -> str:
     credentials, _, location = rest.rpartition("@")
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{location}" if user else f"{scheme}://{location}"
+
+
+def is_transient(error: BaseException) -> bool:
+    """Tell whether a database error is worth retrying unchanged.
+
+    Lost or refused connections, timeouts, serialization failures, deadlocks
+    and a server shutting down or starting are transient.
+    """
+    if isinstance(error, OSError | TimeoutError | ConnectionError):
+        return True
+    if isinstance(error, asyncpg.exceptions.PostgresConnectionError):
+        return True
+    # asyncpg reports a closed connection as a plain InterfaceError; its data
+    # and configuration subclasses are defects, not outages.
+    if isinstance(error, asyncpg.exceptions.InterfaceError) and not isinstance(
+        error,
+        asyncpg.exceptions.DataError | asyncpg.exceptions.ClientConfigurationError,
+    ):
+        return True
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith(
+            _TRANSIENT_SQLSTATE_CLASSES
+        )
+    return False

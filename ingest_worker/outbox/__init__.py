@@ -1,0 +1,1 @@
+"""The transactional outbox of normalized events and its relay."""

@@ -1,0 +1,116 @@
+"""Publish the outbox to the normalized topic, in commit order per key.
+
+Each round runs in one transaction that holds an advisory lock, so only one
+relay of all worker processes publishes at a time and records keep their
+order. The round reads the oldest rows, publishes them, waits for the broker
+to acknowledge every one, and only then deletes them. A crash before the
+delete publishes those rows again: delivery is at least once, and consumers
+deduplicate by `eventId`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ingest_worker.settings import Settings
+from ingest_worker.storage.database import is_transient
+
+log = structlog.get_logger(__name__)
+
+# Any 64-bit number fixed for this purpose; every relay uses it.
+_RELAY_LOCK_ID = 0x1D6E57_0B0C
+_IDLE_S = 0.2
+_BACKOFF_MAX_S = 30.0
+
+_SELECT_SQL = """
+SELECT id, record_key, value, headers FROM outbox ORDER BY id LIMIT $1
+"""
+
+
+class OutboxRelay:
+    """Moves outbox rows to the normalized topic until stopped."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        settings: Settings,
+        batch_size: int = 500,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._topic = settings.topics.normalized
+        self._batch_size = batch_size
+        self.published = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                count = await self.publish_once()
+            except (KafkaError, asyncpg.PostgresError, OSError) as error:
+                if isinstance(error, asyncpg.PostgresError) and not is_transient(error):
+                    raise
+                pause = random.uniform(delay / 2, delay)
+                log.warning(
+                    "outbox relay failed; retrying",
+                    error=f"{type(error).__name__}: {error}",
+                    retry_in_s=round(pause, 2),
+                )
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+                continue
+            delay = 0.5
+            if count < self._batch_size:
+                # Idle or caught up: wait a little, or until stopped.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _IDLE_S)
+        # One last round, so a clean stop leaves nothing that could go now.
+        await self._final_round()
+
+    async def _final_round(self) -> None:
+        try:
+            while await self.publish_once() == self._batch_size:
+                pass
+        except (KafkaError, asyncpg.PostgresError, OSError) as error:
+            log.warning("outbox left for the next start", error=str(error))
+
+    async def publish_once(self) -> int:
+        """Publish and delete up to one batch of rows; return how many."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            locked = await connection.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK_ID
+            )
+            if not locked:
+                return 0
+            rows = await connection.fetch(_SELECT_SQL, self._batch_size)
+            if not rows:
+                return 0
+            pending = []
+            for row in rows:
+                key = row["record_key"]
+                pending.append(
+                    await self._producer.send(
+                        self._topic,
+                        value=bytes(row["value"]),
+                        key=key.encode() if key is not None else None,
+                        headers=[
+                            (name, value.encode()) for name, value in row["headers"]
+                        ],
+                    )
+                )
+            await asyncio.gather(*pending)
+            await self._delete(connection, [row["id"] for row in rows])
+        self.published += len(rows)
+        log.debug("outbox published", records=len(rows))
+        return len(rows)
+
+    async def _delete(self, connection: asyncpg.Connection, ids: list[int]) -> None:
+        await connection.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)

@@ -1,0 +1,1 @@
+"""The service surface of `ingest-worker run`: HTTP endpoints and metrics."""
