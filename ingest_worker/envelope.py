@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -96,6 +97,52 @@ def _nul_error(where: str) -> RecordRejected:
     )
 
 
+class _Ambiguous(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        repeated = sorted({key for key, _ in pairs if key in seen or seen.add(key)})
+        raise _Ambiguous(
+            f"an object has the key {', '.join(map(repr, repeated))} more than "
+            "once, so its value is ambiguous; send each key once"
+        )
+    return document
+
+
+def _exact_int(text: str) -> int:
+    number = int(text)
+    if not -(2**63) <= number < 2**64:
+        raise _Ambiguous(
+            f"the integer {text[:40]} is outside the 64-bit range and cannot be "
+            "stored exactly; send it as a string"
+        )
+    return number
+
+
+def _reparse_exactly(value: bytes) -> dict[str, Any]:
+    """Parse again, rejecting what a JSON parser would otherwise guess at.
+
+    orjson has already checked the syntax and UTF-8, but it keeps the last of
+    repeated keys and turns integers beyond 64 bits into floats. The standard
+    library parser, with hooks, rejects both.
+    """
+    try:
+        document: dict[str, Any] = json.loads(
+            value, object_pairs_hook=_unique_keys, parse_int=_exact_int
+        )
+    except _Ambiguous as error:
+        raise RecordRejected(
+            ErrorCode.INGEST_PAYLOAD_INVALID,
+            f"the envelope is invalid: {error}",
+            {"fields": {"$": str(error)}},
+        ) from None
+    return document
+
+
 def _field_errors(error: ValidationError) -> dict[str, str]:
     fields: dict[str, str] = {}
     for item in error.errors():
@@ -166,6 +213,7 @@ def decode_envelope(value: bytes | None, limits: Limits) -> Envelope:
             jsonType=type(document).__name__,
         )
     _check_structure(document, limits.max_nesting_depth, b"\\u0000" in value)
+    document = _reparse_exactly(value)
 
     try:
         model = EnvelopeModel.model_validate(document)

@@ -10,6 +10,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from ingest_worker.settings import Settings
 
+_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
 
 def make_producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
@@ -17,6 +19,9 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=settings.kafka.enable_idempotence,
         linger_ms=5,
+        # Failed records go back byte for byte, however large the input topic
+        # let them be; the broker's own limit still applies.
+        max_request_size=_MAX_REQUEST_BYTES,
     )
 
 

@@ -23,6 +23,10 @@ ATTEMPT = "ingest.attempt"
 FAILED_AT = "ingest.failed.at"
 REPLAY_COUNT = "ingest.replay.count"
 RETRY_DUE = "ingest.retry.due"
+# Set on a failed record whose value the broker would not take back.
+VALUE_DROPPED = "ingest.value.dropped"
+VALUE_SIZE = "ingest.value.size"
+VALUE_SHA256 = "ingest.value.sha256"
 
 Headers = list[tuple[str, bytes]]
 

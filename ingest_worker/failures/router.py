@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from ingest_worker.errors import RecordRejected
 from ingest_worker.failures.headers import (
     ATTEMPT,
     RETRY_DUE,
+    VALUE_DROPPED,
+    VALUE_SHA256,
+    VALUE_SIZE,
     Headers,
     failure_headers,
     int_header,
@@ -66,26 +71,19 @@ class FailureRouter:
             return topics.retry, headers
         return topics.dlq, headers
 
-    async def send(
-        self,
-        failures: Sequence[
-            tuple[ConsumerRecord[bytes, bytes], RecordRejected, dict[str, object]]
-        ],
-    ) -> None:
-        """Send every failure and wait until the broker acknowledged each one.
-
-        Each item is the record, its error and the ids to log with it.
-        """
+    async def send(self, failures: Sequence[Failure]) -> None:
+        """Send every failure and wait until the broker acknowledged each one."""
         if not failures:
             return
         now = datetime.now(UTC)
-        pending = []
         routed: list[tuple[str, str]] = []
+        pending = []
         for record, error, ids in failures:
             topic, headers = self.destination(record, error, now)
-            retried = topic == self._settings.topics.retry
             log.warning(
-                "record sent to retry" if retried else "record dead-lettered",
+                "record sent to retry"
+                if topic == self._settings.topics.retry
+                else "record dead-lettered",
                 code=str(error.code),
                 error=error.message,
                 topic=record.topic,
@@ -94,14 +92,40 @@ class FailureRouter:
                 to_topic=topic,
                 **ids,
             )
-            pending.append(
-                await self._producer.send(
-                    topic, value=record.value, key=record.key, headers=headers
-                )
-            )
+            pending.append(self._send_one(topic, record, headers))
             routed.append((topic, str(error.code)))
         await asyncio.gather(*pending)
         self.sent.update(routed)
         if self._metrics is not None:
             for topic, code in routed:
                 self._metrics.failure_routed(topic == self._settings.topics.retry, code)
+
+    async def _send_one(
+        self, topic: str, record: ConsumerRecord[bytes, bytes], headers: Headers
+    ) -> None:
+        try:
+            await self._producer.send_and_wait(
+                topic, value=record.value, key=record.key, headers=headers
+            )
+        except (MessageSizeTooLargeError, RecordTooLargeError) as error:
+            # The broker takes no record this large. Keeping it back would
+            # stall the partition for good, so the record goes on without its
+            # value, and the headers say what was dropped.
+            value = record.value or b""
+            log.error(
+                "record too large for the failure topic; sending it without value",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                size=len(value),
+                error=repr(error),
+            )
+            dropped = [
+                *headers,
+                (VALUE_DROPPED, b"true"),
+                (VALUE_SIZE, str(len(value)).encode()),
+                (VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
+            ]
+            await self._producer.send_and_wait(
+                topic, value=None, key=record.key, headers=dropped
+            )

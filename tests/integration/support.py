@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +26,8 @@ SAMPLES = Path(str(resources.files("ingest_worker").joinpath("samples")))
 EVENT_FILES = sorted((SAMPLES / "events").glob("*.jsonl"))
 KEY_PATHS = {"30-wash.jsonl": "payload.basket"}
 SETTLE_TIMEOUT_S = 30.0
+# The command of the environment that runs the tests.
+INGEST_WORKER = str(Path(sys.executable).parent / "ingest-worker")
 
 
 async def seed_sample(
@@ -162,3 +166,25 @@ def sample_factory() -> dict[str, Any]:
     import yaml
 
     return yaml.safe_load((SAMPLES / "factory.yaml").read_text(encoding="utf-8"))
+
+
+def cli_environment(settings: Settings) -> dict[str, str]:
+    """Return the environment that points a command at the test's servers."""
+    topics = settings.topics
+    environment = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "KAFKA_BOOTSTRAP_SERVERS": str(settings.kafka.bootstrap_servers),
+        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "INGEST_GROUP_ID": settings.group_id,
+        "INGEST_TOPIC_AUTO": topics.auto,
+        "INGEST_TOPIC_BATCH": topics.batch,
+        "INGEST_TOPIC_TEST": topics.test,
+        "INGEST_TOPIC_RETRY": topics.retry,
+        "INGEST_TOPIC_DLQ": topics.dlq,
+        "INGEST_TOPIC_NORMALIZED": topics.normalized,
+        "INGEST_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+        "LOG_FORMAT": "json",
+    }
+    if settings.database_url is not None:
+        environment["DATABASE_URL"] = settings.database_url.get_secret_value()
+    return environment

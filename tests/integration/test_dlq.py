@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,11 +31,15 @@ from ingest_worker.failures.headers import REPLAY_COUNT, failure_headers
 from ingest_worker.kafka import make_consumer, make_producer
 from ingest_worker.mapping import parse_rfc3339
 from ingest_worker.settings import Settings
-from tests.integration.support import headers_of, read_topic
+from tests.integration.support import (
+    INGEST_WORKER,
+    cli_environment,
+    headers_of,
+    read_topic,
+)
 
 pytestmark = pytest.mark.integration
 
-COMMAND = "/work/main/.venv/bin/ingest-worker"
 
 
 def at(text: str) -> datetime:
@@ -175,26 +178,9 @@ async def origin_labels(settings: Settings, topic: str) -> list[str]:
     )
 
 
-def cli_environment(settings: Settings) -> dict[str, str]:
-    topics = settings.topics
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "KAFKA_BOOTSTRAP_SERVERS": str(settings.kafka.bootstrap_servers),
-        "KAFKA_ENABLE_IDEMPOTENCE": "false",
-        "INGEST_GROUP_ID": settings.group_id,
-        "INGEST_TOPIC_AUTO": topics.auto,
-        "INGEST_TOPIC_BATCH": topics.batch,
-        "INGEST_TOPIC_TEST": topics.test,
-        "INGEST_TOPIC_RETRY": topics.retry,
-        "INGEST_TOPIC_DLQ": topics.dlq,
-        "INGEST_TOPIC_NORMALIZED": topics.normalized,
-        "LOG_FORMAT": "json",
-    }
-
-
 async def run_cli(settings: Settings, *arguments: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        COMMAND,
+        INGEST_WORKER,
         "dlq",
         *arguments,
         env=cli_environment(settings),

@@ -63,6 +63,16 @@ async def database_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
+@contextlib.asynccontextmanager
+async def idle_worker(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Worker]:
+    """A worker that is never started, for endpoints that do not need one."""
+    worker = Worker(settings, pool)
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
 async def get(
     base_url: str, path: str, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
@@ -123,10 +133,10 @@ async def test_port_in_use_is_configuration_error(settings: Settings) -> None:
         busy = settings.model_copy(update={"http_addr": f"127.0.0.1:{port}"})
         async with (
             database_pool(settings) as pool,
-            running_worker(settings) as running,
+            idle_worker(settings, pool) as worker,
         ):
             with pytest.raises(ConfigurationError, match="already in use"):
-                await start_http(busy, pool, running.worker)
+                await start_http(busy, pool, worker)
 
 
 async def test_healthz_and_readyz_follow_assignment(settings: Settings) -> None:
@@ -357,8 +367,8 @@ async def test_trace_api_requires_token(settings: Settings) -> None:
     path = f"/api/trace/units/{KNOWN_SN}"
     async with (
         database_pool(settings) as pool,
-        running_worker(settings) as running,
-        http_server(guarded, pool, running.worker) as base_url,
+        idle_worker(settings, pool) as worker,
+        http_server(guarded, pool, worker) as base_url,
     ):
         missing = await get(base_url, path)
         wrong = await get(base_url, path, {"Authorization": f"Bearer {TOKEN}x"})
