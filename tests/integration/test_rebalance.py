@@ -1,0 +1,83 @@
+"""A second worker joins mid-stream: nothing is skipped or stored twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from ingest_worker.settings import Settings
+from tests.integration.support import (
+    SAMPLES,
+    fetch_all,
+    publish_raw,
+    read_topic,
+    running_worker,
+    sample_factory,
+    seed_sample,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+UNITS = 400
+
+
+def spi_values(count: int) -> list[bytes]:
+    lines = (SAMPLES / "events" / "10-spi.jsonl").read_bytes().splitlines()
+    template = orjson.loads(lines[0])
+    values = []
+    for index in range(count):
+        sn = f"SN-2026-{1001 + index:05d}"
+        template["dedupeKey"] = f"SPI-A1-rebalance-{index}"
+        template["sn"] = sn
+        template["payload"]["board"]["barcode"] = sn
+        values.append(orjson.dumps(template))
+    return values
+
+
+async def _stored_at_least(running: object, count: int) -> bool:
+    return running.worker.counts["stored"] >= count  # type: ignore[attr-defined]
+
+
+async def test_second_worker_joins_mid_stream(settings: Settings) -> None:
+    database_url = settings.require_database_url()
+    factory = sample_factory()
+    factory["units"][0]["snRange"]["to"] = 1000 + UNITS
+    await seed_sample(database_url, factory)
+    values = spi_values(UNITS)
+    settings = settings.model_copy(update={"max_batch_records": 20})
+
+    async def publish_slowly() -> None:
+        for start in range(0, UNITS, 10):
+            await publish_raw(
+                settings, settings.topics.auto, values[start : start + 10]
+            )
+            await asyncio.sleep(0.05)
+
+    async with running_worker(settings) as first:
+        await asyncio.wait_for(first.worker.assigned.wait(), 30)
+        publishing = asyncio.create_task(publish_slowly())
+        await wait_for(lambda: _stored_at_least(first, 30))
+        async with running_worker(settings) as second:
+            await publishing
+            await asyncio.wait_for(second.worker.assigned.wait(), 30)
+            await second.settle(timeout_s=60)
+            await first.settle(timeout_s=60)
+            handled = first.worker.counts["stored"] + second.worker.counts["stored"]
+            assert not publishing.done() or second.worker.counts["stored"] > 0
+            assert second.worker.consumer.assignment()
+
+    rows = await fetch_all(
+        database_url,
+        "SELECT count(*) AS n, count(DISTINCT dedupe_key) AS keys FROM ingest_event",
+    )
+    assert rows[0]["n"] == UNITS
+    assert rows[0]["keys"] == UNITS
+    assert handled == UNITS
+    assert await read_topic(settings, settings.topics.dlq) == []
+    moved = await fetch_all(
+        database_url, "SELECT count(*) AS n FROM unit WHERE current_step_no = 20"
+    )
+    assert moved[0]["n"] == UNITS
