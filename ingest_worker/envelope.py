@@ -62,26 +62,19 @@ def _check_structure(document: Any, max_depth: int, has_nul_escape: bool) -> Non
     stack: list[tuple[Any, int, str]] = [(document, 1, "$")]
     while stack:
         node, depth, where = stack.pop()
+        if isinstance(node, dict | list) and depth > max_depth:
+            raise _unreadable(
+                f"JSON nesting exceeds the limit of {max_depth} levels at {where}; "
+                "flatten the payload or raise the nesting limit",
+                maxDepth=max_depth,
+                path=where,
+            )
         if isinstance(node, dict):
-            if depth > max_depth:
-                raise _unreadable(
-                    f"JSON nesting exceeds the limit of {max_depth} levels at {where}; "
-                    "flatten the payload or raise the nesting limit",
-                    maxDepth=max_depth,
-                    path=where,
-                )
             for key, value in node.items():
                 if has_nul_escape and "\x00" in key:
                     raise _nul_error(f"{where} key")
                 stack.append((value, depth + 1, f"{where}.{key}"))
         elif isinstance(node, list):
-            if depth > max_depth:
-                raise _unreadable(
-                    f"JSON nesting exceeds the limit of {max_depth} levels at {where}; "
-                    "flatten the payload or raise the nesting limit",
-                    maxDepth=max_depth,
-                    path=where,
-                )
             for index, value in enumerate(node):
                 stack.append((value, depth + 1, f"{where}[{index}]"))
         elif has_nul_escape and isinstance(node, str) and "\x00" in node:

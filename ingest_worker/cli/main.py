@@ -201,7 +201,7 @@ async def publish_command(
 ) -> int:
     from ingest_worker.publish import plan_records, read_lines
 
-    if not path.is_file():
+    if not await asyncio.to_thread(path.is_file):
         raise ConfigurationError(f"file {path} does not exist")
     records = plan_records(read_lines(path), settings, topic=topic, key_path=key_path)
     return await _publish_and_report(settings, records)
@@ -213,9 +213,9 @@ async def publish_openhtf_command(
     from ingest_worker.openhtf import iter_record_files
     from ingest_worker.publish import plan_envelopes
 
-    if not directory.is_dir():
+    if not await asyncio.to_thread(directory.is_dir):
         raise ConfigurationError(f"directory {directory} does not exist")
-    if not any(directory.glob("*.json")):
+    if not await asyncio.to_thread(lambda: any(directory.glob("*.json"))):
         print(f"no *.json files found in {directory}", file=sys.stderr)
         return 1
     records = plan_envelopes(
@@ -253,8 +253,10 @@ async def topics_command(settings: Settings, partitions: int, replicas: int) -> 
 
 async def run_command(settings: Settings) -> int:
     from ingest_worker.consumer.worker import Worker
-    from ingest_worker.service.http import start_http, stop_http
+    from ingest_worker.service.http import parse_http_addr, start_http, stop_http
 
+    # A mistyped address fails here, before any connection is opened.
+    parse_http_addr(settings.http_addr)
     pool = await _open_pool(settings)
     try:
         await _require_migrated(pool)

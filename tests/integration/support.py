@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from ingest_worker.consumer.worker import Worker, wait_until_settled
@@ -188,3 +189,17 @@ def cli_environment(settings: Settings) -> dict[str, str]:
     if settings.database_url is not None:
         environment["DATABASE_URL"] = settings.database_url.get_secret_value()
     return environment
+
+
+def spi_values(count: int, tag: str) -> list[bytes]:
+    """Return `count` sample SPI envelopes for serials SN-2026-01001 onwards."""
+    lines = (SAMPLES / "events" / "10-spi.jsonl").read_bytes().splitlines()
+    template = orjson.loads(lines[0])
+    values = []
+    for index in range(count):
+        sn = f"SN-2026-{1001 + index:05d}"
+        template["dedupeKey"] = f"SPI-A1-{tag}-{index}"
+        template["sn"] = sn
+        template["payload"]["board"]["barcode"] = sn
+        values.append(orjson.dumps(template))
+    return values

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import orjson
 import pytest
 from pydantic import SecretStr
 
@@ -13,32 +12,18 @@ from ingest_worker.settings import Settings
 from ingest_worker.storage.database import connect
 from ingest_worker.storage.migrations import migrate
 from tests.integration.support import (
-    SAMPLES,
     fetch_all,
     publish_raw,
     read_topic,
     running_worker,
     sample_factory,
     seed_sample,
+    spi_values,
 )
 
 pytestmark = pytest.mark.integration
 
 UNITS = 300
-
-
-def spi_envelopes(count: int) -> list[bytes]:
-    template = orjson.loads(
-        (SAMPLES / "events" / "10-spi.jsonl").read_bytes().splitlines()[0]
-    )
-    values = []
-    for index in range(count):
-        sn = f"SN-2026-{1001 + index:05d}"
-        template["dedupeKey"] = f"SPI-A1-outage-{index}"
-        template["sn"] = sn
-        template["payload"]["board"]["barcode"] = sn
-        values.append(orjson.dumps(template))
-    return values
 
 
 @pytest.fixture
@@ -60,7 +45,7 @@ async def test_database_outage_loses_nothing(
     factory["units"][0]["snRange"]["to"] = 1000 + UNITS
     await seed_sample(url, factory)
     settings = settings.model_copy(update={"database_url": SecretStr(url)})
-    values = spi_envelopes(UNITS)
+    values = spi_values(UNITS, "outage")
 
     async with running_worker(settings) as running:
         await running.worker.assigned.wait()

@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import asyncio
 
-import orjson
 import pytest
 
 from ingest_worker.settings import Settings
 from tests.integration.support import (
-    SAMPLES,
     fetch_all,
     publish_raw,
     read_topic,
     running_worker,
     sample_factory,
     seed_sample,
+    spi_values,
     wait_for,
 )
 
 pytestmark = pytest.mark.integration
 
 UNITS = 400
-
-
-def spi_values(count: int) -> list[bytes]:
-    lines = (SAMPLES / "events" / "10-spi.jsonl").read_bytes().splitlines()
-    template = orjson.loads(lines[0])
-    values = []
-    for index in range(count):
-        sn = f"SN-2026-{1001 + index:05d}"
-        template["dedupeKey"] = f"SPI-A1-rebalance-{index}"
-        template["sn"] = sn
-        template["payload"]["board"]["barcode"] = sn
-        values.append(orjson.dumps(template))
-    return values
 
 
 async def _stored_at_least(running: object, count: int) -> bool:
@@ -46,7 +32,7 @@ async def test_second_worker_joins_mid_stream(settings: Settings) -> None:
     factory = sample_factory()
     factory["units"][0]["snRange"]["to"] = 1000 + UNITS
     await seed_sample(database_url, factory)
-    values = spi_values(UNITS)
+    values = spi_values(UNITS, "rebalance")
     settings = settings.model_copy(update={"max_batch_records": 20})
 
     async def publish_slowly() -> None:
