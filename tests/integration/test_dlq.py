@@ -41,7 +41,6 @@ from tests.integration.support import (
 pytestmark = pytest.mark.integration
 
 
-
 def at(text: str) -> datetime:
     return parse_rfc3339(f"2026-12-04T{text}Z")
 

@@ -19,7 +19,7 @@ from ingest_worker.consumer.worker import Worker
 from ingest_worker.embedded import free_port
 from ingest_worker.errors import ConfigurationError
 from ingest_worker.outbox.relay import _RELAY_LOCK_ID
-from ingest_worker.service.http import parse_http_addr, start_http, stop_http
+from ingest_worker.service.http import parse_http_addr, serve_http, start_http
 from ingest_worker.settings import Settings
 from ingest_worker.storage.database import connect, create_pool
 from ingest_worker.trace.query import not_found_document, trace_unit
@@ -44,14 +44,11 @@ TOKEN = "test-token-7f3a"
 async def http_server(
     settings: Settings, pool: asyncpg.Pool, worker: Worker
 ) -> AsyncIterator[str]:
-    """Serve the app on a port the system picks; yield its base URL."""
+    """Serve the app on a free port that the system picks; yield the base URL."""
     local = settings.model_copy(update={"http_addr": "127.0.0.1:0"})
-    runner = await start_http(local, pool, worker)
-    try:
+    async with serve_http(local, pool, worker) as runner:
         port = runner.addresses[0][1]
         yield f"http://127.0.0.1:{port}"
-    finally:
-        await stop_http(runner)
 
 
 @contextlib.asynccontextmanager
@@ -260,16 +257,17 @@ async def test_metrics_after_sample_file(settings: Settings) -> None:
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
     samples = metric_samples(body.decode())
-    assert [s.value for s in samples["ingest_events_stored_total"]] == [10]
-    assert [s.value for s in samples["ingest_duplicates_total"]] == [10]
+    assert [sample.value for sample in samples["ingest_events_stored_total"]] == [10]
+    assert [sample.value for sample in samples["ingest_duplicates_total"]] == [10]
     dead_letters = {
-        s.labels["code"]: s.value for s in samples["ingest_dead_letters_total"]
+        sample.labels["code"]: sample.value
+        for sample in samples["ingest_dead_letters_total"]
     }
     assert dead_letters == {"ENVELOPE_UNREADABLE": 1}
 
     lag = {
-        (s.labels["topic"], s.labels["partition"]): s.value
-        for s in samples["ingest_consumer_lag"]
+        (sample.labels["topic"], sample.labels["partition"]): sample.value
+        for sample in samples["ingest_consumer_lag"]
     }
     expected_partitions = {
         (topic, str(partition))
@@ -280,8 +278,8 @@ async def test_metrics_after_sample_file(settings: Settings) -> None:
     assert set(lag.values()) == {0}
 
     assert backlog_rows[0][0] == 10
-    assert [s.value for s in samples["ingest_outbox_backlog"]] == [10]
-    assert [s.value for s in drained["ingest_outbox_backlog"]] == [0]
+    assert [sample.value for sample in samples["ingest_outbox_backlog"]] == [10]
+    assert [sample.value for sample in drained["ingest_outbox_backlog"]] == [0]
 
 
 async def test_metrics_lag_counts_unsettled_records(settings: Settings) -> None:
@@ -299,8 +297,8 @@ async def test_metrics_lag_counts_unsettled_records(settings: Settings) -> None:
     lag = metric_samples(body)["ingest_consumer_lag"]
     assert len(lag) == 9
     assert sum(sample.value for sample in lag) == 4
-    auto = [s for s in lag if s.labels["topic"] == settings.topics.auto]
-    assert sorted(s.value for s in auto) == [0, 0, 4]
+    auto = [sample for sample in lag if sample.labels["topic"] == settings.topics.auto]
+    assert sorted(sample.value for sample in auto) == [0, 0, 4]
 
 
 async def _poll_until_assigned(worker: Worker) -> None:

@@ -130,7 +130,7 @@ async def wait_until_ready(
 
 
 class StreamPublisher:
-    """Publishes records in paced chunks and counts the acknowledged ones."""
+    """Publisher of records in paced chunks, counting the acknowledged ones."""
 
     def __init__(self, settings: Settings, records: list[tuple[bytes, bytes]]):
         self._settings = settings
@@ -164,7 +164,7 @@ def log_text(log_path: Path) -> str:
 
 
 def read_log(log_path: Path) -> list[dict[str, Any]]:
-    """Parse the JSON log lines of the worker process; skip anything else."""
+    """Parse the JSON lines of the worker log, skipping any other line."""
     entries = []
     for line in log_text(log_path).splitlines():
         try:
@@ -212,10 +212,10 @@ async def test_signal_mid_stream_loses_nothing(
         exit_s = time.monotonic() - signalled_at
         published_at_exit = publisher.acknowledged
         stored_by_first = await count_events(database_url)
+        await publishing
 
-        # The second worker joins while the stream goes on, and takes over.
+        # A second worker in the same group takes over what is left.
         async with running_worker(settings) as running:
-            await publishing
             await running.settle()
             counts = dict(running.worker.counts)
     finally:

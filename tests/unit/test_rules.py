@@ -171,11 +171,13 @@ def make_floor() -> ShopFloor:
         Run(4, "RUN-LOST", "AUTHORIZED", 99, None),
     ):
         floor.add_run(run)
+
     for number in range(1, 7):
         floor.units[f"SN-{number}"] = Unit(number, f"SN-{number}", 1, "QUEUED", 10, 0)
     floor.units["SN-9"] = Unit(9, "SN-9", 2, "QUEUED", 10, 0)
     floor.units["SN-D"] = Unit(10, "SN-D", 3, "QUEUED", 10, 0)
     floor.units["SN-L"] = Unit(11, "SN-L", 4, "QUEUED", 10, 0)
+
     for station_id, (code, station_type, group) in enumerate(
         [
             ("SPI-1", "AUTO", "SPI"),
@@ -190,6 +192,7 @@ def make_floor() -> ShopFloor:
     ):
         floor.stations[code] = Station(station_id, code, station_type, group, "SMT-A")
     floor.stations["SPI-OLD"] = Station(99, "SPI-OLD", "AUTO", "SPI", "SMT-A", False)
+
     for spec in (
         number_spec(1, "VOLUME", required=True, min=70, max=130),
         number_spec(2, "HEIGHT", required=False),
@@ -253,7 +256,10 @@ def ict_event(
 
 
 def fct_measurements(**overrides: Any) -> dict[str, Any]:
-    """Return OpenHTF-style measurements keyed by name; None drops an entry."""
+    """Return OpenHTF-style measurements keyed by name.
+
+    An override of None removes that measurement.
+    """
     measurements: dict[str, Any] = {
         "vcc_3v3": {"name": "vcc_3v3", "measured_value": 3.31, "units": "V"},
         "firmware_version": {"name": "firmware_version", "measured_value": "1.4.2"},
@@ -345,7 +351,7 @@ def snapshot(floor: ShopFloor) -> list[tuple[Any, ...]]:
     return sorted(units) + sorted(runs, key=str)
 
 
-# Run resolution (contract step 3) and the route version (step 4).
+# Run resolution and the route version.
 
 
 def test_run_from_run_no() -> None:
@@ -354,7 +360,7 @@ def test_run_from_run_no() -> None:
     assert accepted.run.run_no == "RUN-1"
 
 
-def test_unknown_run_no_is_run_not_found() -> None:
+def test_unknown_run_no() -> None:
     error = reject(spi_event("SN-1", runNo="RUN-404"), make_floor())
     assert error.code == ErrorCode.RUN_NOT_FOUND
     assert error.detail == {"runNo": "RUN-404"}
@@ -367,7 +373,7 @@ def test_run_no_wins_over_sn() -> None:
     assert error.code == ErrorCode.UNIT_NOT_FOUND
 
 
-def test_unknown_sn_is_unit_run_not_found() -> None:
+def test_unknown_sn_hint() -> None:
     error = reject(spi_event("SN-404"), make_floor())
     assert error.code == ErrorCode.UNIT_RUN_NOT_FOUND
     assert error.detail == {"sn": "SN-404"}
@@ -393,7 +399,7 @@ def test_envelope_sn_before_payload_sn() -> None:
     assert error.detail == {"sn": "SN-404"}
 
 
-def test_unknown_sn_list_unit_is_unit_run_not_found() -> None:
+def test_unknown_sn_list_unit() -> None:
     error = reject(wash_event(["SN-1", "SN-404", "SN-405"]), make_floor())
     assert error.code == ErrorCode.UNIT_RUN_NOT_FOUND
     assert error.detail == {"missing": ["SN-404", "SN-405"]}
@@ -409,13 +415,13 @@ def test_payload_sn_list_resolves_run() -> None:
     assert accepted.run.run_no == "RUN-1"
 
 
-def test_sn_list_of_two_runs_is_run_mismatch() -> None:
+def test_sn_list_of_two_runs() -> None:
     error = reject(wash_event(["SN-1", "SN-9"]), make_floor())
     assert error.code == ErrorCode.RUN_MISMATCH
     assert error.detail == {"runs": ["RUN-1", "RUN-2"]}
 
 
-def test_no_run_hint_is_unit_run_not_found() -> None:
+def test_no_run_hint() -> None:
     error = reject(spi_event("SN-1", hint=False), make_floor())
     assert error.code == ErrorCode.UNIT_RUN_NOT_FOUND
     assert "runNo" in error.message
@@ -433,16 +439,16 @@ def test_missing_route_version_is_not_ready() -> None:
     assert error.detail["routeVersionId"] == "99"
 
 
-def test_retired_route_version_still_takes_events() -> None:
+def test_retired_version_takes_events() -> None:
     floor = make_floor()
     floor.route_versions[1] = make_version(*STEPS, status="RETIRED")
     assert accept(spi_event("SN-1"), floor).step.step_no == 10
 
 
-# Step choice and normalization (contract steps 5 and 6).
+# Step choice and normalization.
 
 
-def test_no_step_of_event_type_is_mapping_missing() -> None:
+def test_no_step_of_event_type() -> None:
     floor = make_floor()
     floor.route_versions[1] = make_version(SPI_STEP, ICT_STEP, FCT_STEP)
     error = reject(wash_event(["SN-1"]), floor)
@@ -450,7 +456,7 @@ def test_no_step_of_event_type_is_mapping_missing() -> None:
     assert error.detail["eventType"] == "BATCH"
 
 
-def test_step_without_mapping_is_mapping_missing() -> None:
+def test_step_without_mapping() -> None:
     floor = make_floor()
     floor.route_versions[1] = make_version(
         make_step(10, "AUTO", None, group="SPI"), ICT_STEP
@@ -459,7 +465,7 @@ def test_step_without_mapping_is_mapping_missing() -> None:
     assert error.code == ErrorCode.INGEST_MAPPING_MISSING
 
 
-def test_mapping_of_other_event_type_is_missing() -> None:
+def test_mapping_of_other_type() -> None:
     # An AUTO mapping placed on a TEST step does not make the step a candidate.
     floor = make_floor()
     floor.route_versions[1] = make_version(
@@ -480,7 +486,7 @@ def test_missing_fields_are_payload_invalid() -> None:
     assert list(error.detail["fields"]) == ["stationCode"]
 
 
-def test_missing_test_result_id_is_payload_invalid() -> None:
+def test_missing_test_result_id() -> None:
     floor = make_floor()
     place(floor, "SN-1", 20)
     envelope = ict_event("SN-1")
@@ -490,7 +496,7 @@ def test_missing_test_result_id_is_payload_invalid() -> None:
     assert "testResultId" in error.detail["fields"]
 
 
-def test_batch_without_boards_is_payload_invalid() -> None:
+def test_batch_without_boards() -> None:
     floor = make_floor()
     envelope = wash_event([], runNo="RUN-1", hint=False)
     error = reject(envelope, floor)
@@ -509,7 +515,7 @@ def test_error_outcome_is_never_a_pass() -> None:
     assert snapshot(floor) == before
 
 
-def test_too_many_measurements_is_payload_invalid() -> None:
+def test_too_many_measurements() -> None:
     floor = make_floor()
     values = [{"name": f"m{index}", "value": index} for index in range(4)]
     with pytest.raises(RecordRejected) as caught:
@@ -533,8 +539,8 @@ def test_current_step_tried_first() -> None:
 
 
 def test_current_step_from_mapped_sn() -> None:
-    # With runNo and no sn in the envelope, the unit is known only from the
-    # mapping; its current step must still be tried first.
+    # With runNo and no sn in the envelope, only the mapping names the unit.
+    # Its current step must still be tried first.
     shared_ict = make_step(20, "TEST", FCT_MAPPING)
     shared_fct = make_step(40, "TEST", FCT_MAPPING, specs=("VCC",))
     floor = make_floor()
@@ -546,7 +552,7 @@ def test_current_step_from_mapped_sn() -> None:
 
 
 def test_other_candidates_in_step_order() -> None:
-    # The unit is at step 10; of the TEST candidates 20 and 40, both with one
+    # The unit is at step 10. Of the TEST candidates 20 and 40, both with one
     # shared mapping and no constraints, 20 comes first.
     shared_ict = make_step(20, "TEST", FCT_MAPPING)
     shared_fct = make_step(40, "TEST", FCT_MAPPING)
@@ -570,7 +576,7 @@ def test_in_circuit_and_functional_mappings() -> None:
 
 
 def test_functional_result_before_its_step() -> None:
-    # The unit is still at the in-circuit step; the functional test result
+    # The unit is still at the in-circuit step. The functional test result
     # normalizes only with the functional mapping, so it is early, not wrong.
     floor = make_floor()
     place(floor, "SN-1", 20)
@@ -588,7 +594,7 @@ def test_in_circuit_result_after_its_step() -> None:
 
 
 def test_station_picks_among_candidates() -> None:
-    # Steps 10 and 50 share the AUTO mapping; the station group decides.
+    # Steps 10 and 50 share the AUTO mapping, so the station group decides.
     floor = make_floor()
     place(floor, "SN-1", 50)
     accepted = accept(spi_event("SN-1", station="PACK-1"), floor)
@@ -641,27 +647,27 @@ def test_station_of_other_type_is_mismatch() -> None:
     assert error.code == ErrorCode.STATION_MISMATCH
 
 
-# Gates for AUTO and TEST events (contract step 7).
+# Gates for AUTO and TEST events.
 
 
-def test_unknown_station_is_station_not_found() -> None:
+def test_unknown_station() -> None:
     error = reject(spi_event("SN-1", station="SPI-404"), make_floor())
     assert error.code == ErrorCode.STATION_NOT_FOUND
     assert error.detail == {"stationCode": "SPI-404"}
 
 
-def test_inactive_station_is_station_not_found() -> None:
+def test_inactive_station() -> None:
     error = reject(spi_event("SN-1", station="SPI-OLD"), make_floor())
     assert error.code == ErrorCode.STATION_NOT_FOUND
 
 
-def test_unknown_unit_is_unit_not_found() -> None:
+def test_unknown_unit() -> None:
     error = reject(spi_event("SN-404", hint=False, runNo="RUN-1"), make_floor())
     assert error.code == ErrorCode.UNIT_NOT_FOUND
     assert error.detail == {"sn": "SN-404", "runNo": "RUN-1"}
 
 
-def test_unit_of_other_run_is_run_mismatch() -> None:
+def test_unit_of_other_run() -> None:
     error = reject(spi_event("SN-9", runNo="RUN-1"), make_floor())
     assert error.code == ErrorCode.UNIT_RUN_MISMATCH
     assert error.detail == {"sn": "SN-9", "runNo": "RUN-1", "unitRunNo": "RUN-2"}
@@ -741,7 +747,7 @@ def test_open_run_takes_events(run_status: str) -> None:
     assert floor.runs_by_no["RUN-1"].status == "IN_PROGRESS"
 
 
-def test_missing_data_spec_is_not_found() -> None:
+def test_missing_data_spec() -> None:
     floor = make_floor()
     del floor.data_specs["HEIGHT"]
     error = reject(spi_event("SN-1"), floor)
@@ -749,7 +755,7 @@ def test_missing_data_spec_is_not_found() -> None:
     assert error.detail == {"stepNo": 10, "dataSpecs": ["HEIGHT"]}
 
 
-def test_inactive_data_spec_is_not_found() -> None:
+def test_inactive_data_spec() -> None:
     floor = make_floor()
     floor.data_specs["VOLUME"] = dataclasses.replace(
         floor.data_specs["VOLUME"], active=False
@@ -759,8 +765,8 @@ def test_inactive_data_spec_is_not_found() -> None:
     assert error.detail["dataSpecs"] == ["VOLUME"]
 
 
-# The faults of a functional test event, in the gate order of step 7 to 9.
-# Faults of one group exclude each other.
+# The faults of a functional test event, in gate order. Faults of one group
+# exclude each other.
 GATE_FAULTS = [
     ("station_unknown", "station", ErrorCode.STATION_NOT_FOUND),
     ("unit_unknown", "unit", ErrorCode.UNIT_NOT_FOUND),
@@ -840,7 +846,7 @@ def test_gate_order(earlier: str, later: str, code: ErrorCode) -> None:
     assert snapshot(floor) == before
 
 
-# Data values (contract step 9).
+# Data values.
 
 
 def test_data_values_typed_by_data_type() -> None:
@@ -961,7 +967,7 @@ def test_fail_without_required_is_stored() -> None:
     assert floor.units["SN-1"].status == "OUT_FAILED"
 
 
-# Moves of units and runs (contract step 10, in memory).
+# Moves of units and runs, in memory.
 
 
 def test_pass_queues_next_step() -> None:
@@ -1033,7 +1039,7 @@ def test_unit_walks_whole_route() -> None:
     )
 
 
-# Gates for BATCH events (contract step 8).
+# Gates for BATCH events.
 
 
 def at_wash(floor: ShopFloor, *serials: str) -> None:
@@ -1282,7 +1288,7 @@ def test_partial_fails_when_none_pass() -> None:
     assert snapshot(floor) == before
 
 
-def test_partial_event_level_gates_reject_all() -> None:
+def test_partial_event_gates_reject_all() -> None:
     floor = partial_floor()
     at_wash(floor, "SN-1", "SN-2")
     assert reject(wash_event(["SN-1", "SN-2"], station="SPI-1"), floor).code == (
@@ -1350,7 +1356,7 @@ def expected_unit_code(
     outcome: str,
     vcc: Any,
 ) -> ErrorCode | None:
-    """Return the code of step 7 to 9 for a functional test event, in gate order."""
+    """Return the first code that a functional test event fails, in gate order."""
     checks = [
         ErrorCode.STATION_NOT_FOUND if station == "FCT-404" else None,
         ErrorCode.UNIT_NOT_FOUND if sn == "SN-404" else None,
@@ -1438,7 +1444,7 @@ def expected_unit_failure(floor: ShopFloor, sn: str) -> ErrorCode | None:
 def expected_carrier_code(
     floor: ShopFloor, serials: list[str], policy: str
 ) -> ErrorCode | None:
-    """Return the code of step 8 for a wash event, in gate order."""
+    """Return the first code that a wash event fails, in gate order."""
     run_code = run_status_code(floor.runs_by_no["RUN-1"].status, True)
     if run_code is not None:
         return run_code
