@@ -1,0 +1,169 @@
+"""Strict JSON decoding of record values.
+
+A station's JSON must mean one thing. Plain parsers guess where the text is
+ambiguous: they keep the last of repeated keys, round integers beyond 64 bits
+to floats, or accept NaN. Here each of those is rejected, with its location.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from itertools import accumulate
+from typing import Any
+
+import orjson
+
+from ingest_worker.errors import ErrorCode, RecordRejected
+
+# An escape sequence inside a JSON string, such as \" or \\.
+_ESCAPE = re.compile(rb"\\.")
+# Every byte except quotes and brackets.
+_NOT_STRUCTURE = bytes(set(range(256)) - set(b'"[]{}'))
+# Opening brackets become 2 and closing ones 0, so that byte - 1 is the step.
+_DEPTH_STEPS = bytes.maketrans(b"{[]}", b"\x02\x02\x00\x00")
+# An escaped UTF-16 surrogate, which must come in a valid pair.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _Ambiguous(ValueError):
+    pass
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _unreadable(message: str, **detail: Any) -> RecordRejected:
+    return RecordRejected(ErrorCode.ENVELOPE_UNREADABLE, message, detail)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        repeated = sorted({key for key, _ in pairs if key in seen or seen.add(key)})
+        raise _Ambiguous(
+            f"an object has the key {', '.join(map(repr, repeated))} more than "
+            "once, so its value is ambiguous; send each key once"
+        )
+    return document
+
+
+def _exact_int(text: str) -> int:
+    number = int(text)
+    if not -(2**63) <= number < 2**64:
+        raise _Ambiguous(
+            f"the integer {text[:40]} is outside the 64-bit range and cannot be "
+            "stored exactly; send it as a string"
+        )
+    return number
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotJson(f"the number {text[:40]} is too large for a double")
+    return number
+
+
+def _no_constant(text: str) -> Any:
+    raise _NotJson(f"{text} is not a JSON value")
+
+
+def _check_depth(value: bytes, max_depth: int) -> None:
+    # Fewer brackets than the limit cannot nest deeper than it.
+    if value.count(b"{") + value.count(b"[") <= max_depth:
+        return
+    # Without escapes, quotes alternate between opening and closing strings,
+    # so every other piece between quotes lies outside all strings.
+    if b"\\" in value:
+        value = _ESCAPE.sub(b"", value)
+    pieces = value.translate(None, _NOT_STRUCTURE).split(b'"')
+    brackets = b"".join(pieces[::2]).translate(_DEPTH_STEPS)
+    if max(accumulate(step - 1 for step in brackets)) > max_depth:
+        raise _unreadable(
+            f"JSON nesting exceeds the limit of {max_depth} levels; "
+            "flatten the payload or raise the nesting limit",
+            maxDepth=max_depth,
+        )
+
+
+def _find_nul(node: Any, where: str) -> str | None:
+    """Return the location of the first string or key holding a NUL character."""
+    if isinstance(node, str):
+        return where if "\x00" in node else None
+    if isinstance(node, dict):
+        for key, child in node.items():
+            if "\x00" in key:
+                return f"{where} key"
+            found = _find_nul(child, f"{where}.{key}")
+            if found:
+                return found
+    if isinstance(node, list):
+        for index, child in enumerate(node):
+            found = _find_nul(child, f"{where}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def load_object(value: bytes, max_depth: int) -> dict[str, Any]:
+    """Decode a record value that must be a JSON object, or raise RecordRejected.
+
+    Invalid UTF-8, invalid JSON, NaN or infinite numbers, nesting over
+    `max_depth` and a value that is not an object are ENVELOPE_UNREADABLE.
+    Repeated keys, integers beyond 64 bits and NUL characters (which
+    PostgreSQL text and jsonb cannot store) are INGEST_PAYLOAD_INVALID.
+    """
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _unreadable(
+            f"the record value is not valid UTF-8 (byte {error.start}: "
+            f"{error.reason}); stations must send UTF-8 JSON",
+            position=error.start,
+        ) from None
+    # Checked on the text first, so no parser recurses into a deep document.
+    _check_depth(value, max_depth)
+    if _SURROGATE_ESCAPE.search(value):
+        # The standard parser accepts a lone surrogate, which no UTF-8 text
+        # can hold; orjson rejects it.
+        try:
+            orjson.loads(value)
+        except orjson.JSONDecodeError as error:
+            raise _unreadable(
+                f"the record value is not valid JSON: {error}", position=error.pos
+            ) from None
+    try:
+        document = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_int=_exact_int,
+            parse_float=_finite_float,
+            parse_constant=_no_constant,
+        )
+    except _Ambiguous as error:
+        raise RecordRejected(
+            ErrorCode.INGEST_PAYLOAD_INVALID,
+            f"the envelope is invalid: {error}",
+            {"fields": {"$": str(error)}},
+        ) from None
+    except (json.JSONDecodeError, _NotJson, RecursionError) as error:
+        raise _unreadable(f"the record value is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        kind = type(document).__name__
+        raise _unreadable(
+            f"the record value is a JSON {kind}, not an object", jsonType=kind
+        )
+    if "\\u0000" in text:
+        where = _find_nul(document, "$")
+        if where is not None:
+            raise RecordRejected(
+                ErrorCode.INGEST_PAYLOAD_INVALID,
+                f"the string at {where} contains a NUL character (\\u0000), which "
+                "PostgreSQL cannot store; remove it at the station",
+                {"fields": {where: "contains \\u0000"}},
+            )
+    return document
