@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterable
@@ -15,7 +16,11 @@ import orjson
 import structlog
 
 from ingest_worker.cli.dlq import add_dlq_parser
-from ingest_worker.errors import ConfigurationError, IngestWorkerError
+from ingest_worker.errors import (
+    ConfigurationError,
+    InfrastructureError,
+    IngestWorkerError,
+)
 from ingest_worker.logs import configure_logging
 from ingest_worker.settings import Settings, load_settings
 from ingest_worker.storage.database import connect, create_pool, redact_url
@@ -23,6 +28,7 @@ from ingest_worker.storage.database import connect, create_pool, redact_url
 if TYPE_CHECKING:
     import asyncpg
 
+    from ingest_worker.consumer.worker import Worker
     from ingest_worker.publish import OutgoingRecord
 
 log = structlog.get_logger(__name__)
@@ -252,7 +258,6 @@ async def topics_command(settings: Settings, partitions: int, replicas: int) -> 
 
 
 async def run_command(settings: Settings) -> int:
-    from ingest_worker.consumer.worker import Worker
     from ingest_worker.service.http import parse_http_addr, start_http, stop_http
 
     # A mistyped address fails here, before any connection is opened.
@@ -260,12 +265,13 @@ async def run_command(settings: Settings) -> int:
     pool = await _open_pool(settings)
     try:
         await _require_migrated(pool)
-        worker = Worker(settings, pool)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await worker.start()
+        worker = await _start_when_broker_answers(settings, pool, stop)
+        if worker is None:
+            return 0
         http = None
         try:
             http = await start_http(settings, pool, worker)
@@ -277,6 +283,35 @@ async def run_command(settings: Settings) -> int:
     finally:
         await pool.close()
     return 0
+
+
+async def _start_when_broker_answers(
+    settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event
+) -> Worker | None:
+    """Start a worker, waiting with backoff while the broker is unreachable.
+
+    Returns None when a stop signal arrives first.
+    """
+    from ingest_worker.consumer.worker import Worker
+
+    delay_s = 0.5
+    while True:
+        worker = Worker(settings, pool)
+        try:
+            await worker.start()
+            return worker
+        except InfrastructureError as error:
+            pause = random.uniform(delay_s / 2, delay_s)
+            log.warning(
+                "broker unreachable; retrying",
+                error=str(error),
+                retry_in_s=round(pause, 2),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            if stop.is_set():
+                return None
+            delay_s = min(delay_s * 2, 30.0)
 
 
 async def _open_pool(settings: Settings) -> asyncpg.Pool:
@@ -293,20 +328,13 @@ async def _open_pool(settings: Settings) -> asyncpg.Pool:
 
 async def _require_migrated(pool: asyncpg.Pool) -> None:
     """Raise ConfigurationError unless every migration of this build is applied."""
-    from ingest_worker.storage.migrations import load_migrations
+    from ingest_worker.storage.migrations import pending_migrations
 
     async with pool.acquire() as connection:
-        applied: set[int] = set()
-        if await connection.fetchval("SELECT to_regclass('schema_migration')"):
-            rows = await connection.fetch("SELECT version FROM schema_migration")
-            applied = {row["version"] for row in rows}
-    missing = [
-        f"{migration.version:03d}_{migration.name}"
-        for migration in load_migrations()
-        if migration.version not in applied
-    ]
+        missing = await pending_migrations(connection)
     if missing:
+        names = ", ".join(f"{m.version:03d}_{m.name}" for m in missing)
         raise ConfigurationError(
-            f"the database schema is not migrated (missing {', '.join(missing)}); "
+            f"the database schema is not migrated (missing {names}); "
             "run `ingest-worker migrate` first"
         )

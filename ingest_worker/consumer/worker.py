@@ -95,11 +95,25 @@ class Worker:
         self.relay = OutboxRelay(pool, self.producer, settings)
 
     async def start(self) -> None:
-        await self.producer.start()
-        await self.consumer.start()
-        topics = list(self.settings.topics.input_topics())
-        self.consumer.subscribe(topics, listener=_Rebalance(self))
-        await self.retries.start()
+        """Connect to the broker; raise InfrastructureError if it is unreachable.
+
+        A failed start stops the clients it started, so it may be tried again
+        on a new Worker.
+        """
+        try:
+            await self.producer.start()
+            await self.consumer.start()
+            topics = list(self.settings.topics.input_topics())
+            self.consumer.subscribe(topics, listener=_Rebalance(self))
+            await self.retries.start()
+        except KafkaError as error:
+            await self.retries.stop()
+            await self.consumer.stop()
+            await self.producer.stop()
+            raise InfrastructureError(
+                f"cannot reach the broker at {self.settings.kafka.bootstrap_servers}: "
+                f"{type(error).__name__}"
+            ) from error
         log.info("worker started", topics=topics, group_id=self.settings.group_id)
 
     async def stop(self) -> None:

@@ -3,9 +3,9 @@
 Endpoints:
 
 - `GET /healthz`: 200 while the process runs.
-- `GET /readyz`: 200 when the database answers, the worker's last cycle
+- `GET /readyz`: 200 when `SELECT 1` succeeds, the worker's last cycle
   succeeded and partitions are assigned, else 503 naming the failed checks.
-- `GET /metrics`: Prometheus text (or OpenMetrics when the scraper asks for it).
+- `GET /metrics`: Prometheus text, or OpenMetrics when the Accept header requests it.
 - `GET /api/trace/units/{sn}?mode=run|latest`: the trace document of a unit. It
   requires `Authorization: Bearer <INGEST_HTTP_TOKEN>` when a token is set.
 """
@@ -65,8 +65,8 @@ _WORKER = web.AppKey("worker", Worker)
 def parse_http_addr(value: str) -> tuple[str, int]:
     """Split `host:port` or `[IPv6]:port` into host and port.
 
-    Port 0 asks the system for a free port. Raises ConfigurationError naming
-    INGEST_HTTP_ADDR for anything else that is not a valid address.
+    Port 0 lets the system pick a free port. Raises ConfigurationError, which
+    names INGEST_HTTP_ADDR, for any value that is not a valid address.
     """
     text = value.strip()
     if text.startswith("["):
@@ -110,7 +110,7 @@ def _address_error(value: str, reason: str) -> ConfigurationError:
 def create_app(
     settings: Settings, pool: asyncpg.Pool, worker: Worker
 ) -> web.Application:
-    """Build the application; `pool` serves readiness, metrics and trace queries."""
+    """Build the application. `pool` serves readiness, metrics and trace queries."""
     app = web.Application(middlewares=[_error_middleware])
     app[_SETTINGS] = settings
     app[_POOL] = pool
@@ -223,7 +223,7 @@ def _error(
 async def _error_middleware(
     request: web.Request, handler: Handler
 ) -> web.StreamResponse:
-    """Log an unexpected handler error and answer 500 without its details."""
+    """Log an unexpected handler error and return 500 without its details."""
     try:
         return await handler(request)
     except web.HTTPException:
@@ -265,7 +265,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _check_database(pool: asyncpg.Pool) -> str | None:
-    """Return why the database did not answer `SELECT 1`, or None if it did.
+    """Return why `SELECT 1` failed or timed out, or None if it succeeded.
 
     The reason names the error class and the server's or system's message,
     which may name the host, port, user and database.
@@ -307,8 +307,9 @@ class GaugeRefresher:
     Lag per assigned input partition is the end offset minus the committed
     offset (the beginning offset while nothing is committed, because the worker
     starts from the earliest record). It uses the worker's own consumer because
-    the admin client's consumer-group offset listing fails on some brokers
-    (Tansu among them). Partitions no longer assigned lose their series.
+    the admin client's `list_consumer_group_offsets()` fails with a protocol
+    decoding error against the embedded Tansu broker (aiokafka 0.14).
+    Partitions no longer assigned lose their series.
     """
 
     def __init__(
@@ -324,9 +325,13 @@ class GaugeRefresher:
         self._failing: set[str] = set()
 
     async def refresh(self) -> None:
-        """Refresh both gauges; each part is bounded by METRICS_REFRESH_TIMEOUT_S."""
-        # Concurrent scrapes share one refresh at a time instead of piling up
-        # requests on the broker and the database.
+        """Refresh both gauges, each within METRICS_REFRESH_TIMEOUT_S."""
+        if self._lock.locked():
+            # Another scrape is refreshing: wait for it and use its values, so
+            # concurrent scrapes do not pile up requests on the broker and the
+            # database.
+            async with self._lock:
+                return
         async with self._lock:
             await asyncio.gather(
                 self._bounded("consumer lag", self._refresh_lag),
@@ -380,7 +385,7 @@ class GaugeRefresher:
 
     async def _refresh_outbox(self) -> None:
         async with self._pool.acquire() as connection:
-            # The outbox table arrives with a migration; before it, the
+            # Until the migration that creates the outbox has run, the
             # backlog stays 0.
             if not await connection.fetchval(_OUTBOX_EXISTS_SQL):
                 return
@@ -427,6 +432,7 @@ def _check_bearer(request: web.Request, token: str) -> web.Response | None:
     """Return a 401 response unless the request carries the bearer token."""
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
+
     if scheme.lower() != "bearer" or not presented.strip():
         return _error(
             401,
@@ -434,12 +440,14 @@ def _check_bearer(request: web.Request, token: str) -> web.Response | None:
             "missing bearer token; send Authorization: Bearer <INGEST_HTTP_TOKEN>",
             {"WWW-Authenticate": 'Bearer realm="ingest-worker"'},
         )
+
     # Header values may carry undecodable bytes as surrogates, which
     # surrogateescape turns back into bytes instead of raising.
     try:
         presented_bytes = presented.strip().encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         presented_bytes = b""
+
     # Comparing digests in constant time hides both the content and the
     # length of the expected token from response timing.
     matches = hmac.compare_digest(

@@ -78,3 +78,12 @@ async def migrate(connection: asyncpg.Connection) -> list[Migration]:
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
     return applied_now
+
+
+async def pending_migrations(connection: asyncpg.Connection) -> list[Migration]:
+    """Return the migrations of this build that the database has not applied."""
+    applied: set[int] = set()
+    if await connection.fetchval("SELECT to_regclass('schema_migration')"):
+        rows = await connection.fetch("SELECT version FROM schema_migration")
+        applied = {row["version"] for row in rows}
+    return [m for m in load_migrations() if m.version not in applied]
