@@ -141,7 +141,7 @@ def current_step_hint(envelope: Envelope, floor: ShopFloor) -> int | None:
 def _mapped_current_step(
     envelope: Envelope, version: RouteVersion, floor: ShopFloor, memo: NormalizeMemo
 ) -> int | None:
-    """Return the first candidate step at which the units it maps to all stand.
+    """Return the first candidate step that every unit named by its mapping is at.
 
     An envelope with runNo may name its units only in the payload, so the
     units' current step is known only after a mapping has normalized the event.

@@ -104,7 +104,7 @@ SET status = m.status, current_step_no = m.step_no,
     version = u.version + m.moves, updated_at = now()
 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::int[])
     AS m(id, expected_version, status, step_no, moves)
-WHERE u.id = m.id
+WHERE u.id = m.id AND u.version = m.expected_version
 RETURNING u.id
 """
 
@@ -145,7 +145,7 @@ FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::int[],
 # Units no longer listed leave the carrier; listed units not yet on it are
 # loaded, leaving any other carrier they were on.
 _UNLOAD_SQL = """
-UPDATE carrier_load SET unloaded_at = NULL
+UPDATE carrier_load SET unloaded_at = $3
 WHERE unloaded_at IS NULL
   AND ((carrier_id = $1 AND NOT unit_id = ANY($2::bigint[]))
        OR (carrier_id <> $1 AND unit_id = ANY($2::bigint[])))

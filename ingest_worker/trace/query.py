@@ -39,7 +39,7 @@ FROM route_step WHERE route_version_id = $1 ORDER BY step_no
 
 _TRACKS_SQL = """
 SELECT id, step_no, station_code, source, in_at, out_at, result
-FROM track WHERE unit_id = $1 ORDER BY id
+FROM track WHERE unit_id = $1 ORDER BY in_at, id
 """
 
 _VALUES_SQL = """
@@ -54,7 +54,7 @@ SELECT id, event_type, source_system, dedupe_key, occurred_at, received_at,
        measurement_summary, links
 FROM ingest_event
 WHERE sn = $1 OR sn_list @> ARRAY[$1]::text[]
-ORDER BY id
+ORDER BY occurred_at, id
 """
 
 _CARRIER_TRACKS_SQL = """
