@@ -266,7 +266,7 @@ async def test_openhtf_run_publishes_record(
     # OpenHTF blocks until the test and its output callbacks finished.
     await asyncio.to_thread(execute_at_station, test, serial)
 
-    written = list(tmp_path.glob(f"{serial}.*.json"))
+    written = await asyncio.to_thread(lambda: list(tmp_path.glob(f"{serial}.*.json")))
     assert len(written) == 1
     on_disk = orjson.loads(written[0].read_bytes())
     published = await records_for(settings, serial)
