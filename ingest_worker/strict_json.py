@@ -23,6 +23,9 @@ _ESCAPE = re.compile(rb"\\.")
 _NOT_STRUCTURE = bytes(set(range(256)) - set(b'"[]{}'))
 # Opening brackets become 2 and closing ones 0, so that byte - 1 is the step.
 _DEPTH_STEPS = bytes.maketrans(b"{[]}", b"\x02\x02\x00\x00")
+# Nineteen or more digits, or an exponent of three digits: possibly an integer
+# beyond 64 bits or a number beyond a double's range.
+_LONG_NUMBER = re.compile(rb"\d{19,}|[eE][+-]?\d{3,}")
 # An escaped UTF-16 surrogate, which must come in a valid pair.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -136,12 +139,14 @@ def load_object(value: bytes, max_depth: int) -> dict[str, Any]:
             raise _unreadable(
                 f"the record value is not valid JSON: {error}", position=error.pos
             ) from None
+    # Checking every number costs a call each; only long ones need it.
+    long_numbers = _LONG_NUMBER.search(value) is not None
     try:
         document = json.loads(
             text,
             object_pairs_hook=_unique_keys,
-            parse_int=_exact_int,
-            parse_float=_finite_float,
+            parse_int=_exact_int if long_numbers else None,
+            parse_float=_finite_float if long_numbers else None,
             parse_constant=_no_constant,
         )
     except _Ambiguous as error:
