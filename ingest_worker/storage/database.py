@@ -12,14 +12,33 @@ _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "5
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
 
 
-def _encode_json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+class RawJson(bytes):
+    """JSON text that is already serialized; stored in a jsonb column as it is."""
+
+
+# The binary jsonb format is a version byte followed by the JSON text.
+_JSONB_VERSION = b"\x01"
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    if isinstance(value, RawJson):
+        return _JSONB_VERSION + value
+    return _JSONB_VERSION + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
-    # jsonb values travel as Python objects both ways, encoded by orjson.
+    # jsonb values travel as Python objects both ways, encoded by orjson. The
+    # binary format lets COPY write jsonb columns too.
     await connection.set_type_codec(
-        "jsonb", encoder=_encode_json, decoder=orjson.loads, schema="pg_catalog"
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
     )
 
 

@@ -25,7 +25,7 @@ import asyncpg
 import orjson
 
 from ingest_worker.mapping import format_utc
-from ingest_worker.outbox.records import outbox_row
+from ingest_worker.outbox.records import OUTBOX_COLUMNS, outbox_row
 from ingest_worker.rules.decide import Accepted
 
 NORMALIZED_SCHEMA = "mes.ingest.normalized/v1"
@@ -114,33 +114,6 @@ FROM unnest($1::bigint[], $2::timestamptz[]) AS s(id, started_at)
 WHERE r.id = s.id AND r.status = 'AUTHORIZED'
 """
 
-_CARRIER_TRACKS_SQL = """
-INSERT INTO carrier_track (
-    id, carrier_id, ingest_event_id, run_id, step_no, station_code, in_at,
-    out_at, result)
-SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-    $5::int[], $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[])
-"""
-
-_TRACKS_SQL = """
-INSERT INTO track (
-    id, unit_id, ingest_event_id, carrier_track_id, step_no, station_code,
-    source, in_at, out_at, result)
-SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-    $5::int[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[],
-    $10::text[])
-"""
-
-_VALUES_SQL = """
-INSERT INTO data_value (
-    track_id, carrier_track_id, data_spec_id, step_no, name, value, unit, judge)
-SELECT track_id, carrier_track_id, data_spec_id, step_no, name, value::jsonb,
-       unit, judge
-FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::int[],
-    $5::text[], $6::text[], $7::text[], $8::text[])
-    AS v(track_id, carrier_track_id, data_spec_id, step_no, name, value, unit,
-         judge)
-"""
 
 # Units no longer listed leave the carrier; listed units not yet on it are
 # loaded, leaving any other carrier they were on.
@@ -160,12 +133,39 @@ WHERE NOT EXISTS (
 """
 
 
-_OUTBOX_SQL = """
-INSERT INTO outbox (ingest_event_id, record_key, value, headers)
-SELECT event_id, record_key, value, headers::jsonb
-FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[])
-    AS o(event_id, record_key, value, headers)
-"""
+_CARRIER_TRACK_COLUMNS = (
+    "id",
+    "carrier_id",
+    "ingest_event_id",
+    "run_id",
+    "step_no",
+    "station_code",
+    "in_at",
+    "out_at",
+    "result",
+)
+_TRACK_COLUMNS = (
+    "id",
+    "unit_id",
+    "ingest_event_id",
+    "carrier_track_id",
+    "step_no",
+    "station_code",
+    "source",
+    "in_at",
+    "out_at",
+    "result",
+)
+_VALUE_COLUMNS = (
+    "track_id",
+    "carrier_track_id",
+    "data_spec_id",
+    "step_no",
+    "name",
+    "value",
+    "unit",
+    "judge",
+)
 
 
 def normalized_document(
@@ -205,7 +205,13 @@ def normalized_document(
         "result": normalized.result,
         "testResultId": normalized.testResultId,
         "measurements": [
-            measurement.model_dump(mode="json")
+            {
+                "name": measurement.name,
+                "specName": measurement.specName,
+                "value": measurement.value,
+                "unit": measurement.unit,
+                "judge": measurement.judge,
+            }
             for measurement in normalized.measurements
         ],
         "unitStatus": unit_status,
@@ -241,6 +247,7 @@ async def write_batch(
 
     rows = _Rows()
     documents: list[dict[str, Any]] = []
+    serialized: list[bytes] = []
     next_track = iter(track_ids)
     next_carrier_track = iter(carrier_track_ids)
     for (item, origin), event_id in zip(accepted, event_ids, strict=True):
@@ -249,6 +256,7 @@ async def write_batch(
         )
         document = normalized_document(item, event_id, received_at, links)
         documents.append(document)
+        serialized.append(orjson.dumps(document))
         envelope = item.envelope
         normalized = item.normalized
         rows.events.append(
@@ -271,7 +279,7 @@ async def write_batch(
                 normalized.result,
                 normalized.testResultId,
                 _json(envelope.document),
-                _json(document),
+                serialized[-1].decode(),
                 _json(item.summary),
                 _json(links),
                 origin.topic,
@@ -293,20 +301,25 @@ async def write_batch(
     if starting:
         await connection.execute(_RUNS_SQL, *_columns(starting, 2))
 
-    # Step 6: everything that hangs off the events.
+    # Step 6: everything that hangs off the events, with COPY.
     if rows.carrier_tracks:
-        await connection.execute(_CARRIER_TRACKS_SQL, *_columns(rows.carrier_tracks, 9))
+        await _copy(
+            connection, "carrier_track", rows.carrier_tracks, _CARRIER_TRACK_COLUMNS
+        )
         for carrier_id, event_id, unit_ids, moment in rows.loads:
             await connection.execute(_UNLOAD_SQL, carrier_id, unit_ids, moment)
             await connection.execute(_LOAD_SQL, carrier_id, unit_ids, moment, event_id)
     if rows.tracks:
-        await connection.execute(_TRACKS_SQL, *_columns(rows.tracks, 10))
+        await _copy(connection, "track", rows.tracks, _TRACK_COLUMNS)
     if rows.values:
-        await connection.execute(_VALUES_SQL, *_columns(rows.values, 8))
+        await _copy(connection, "data_value", rows.values, _VALUE_COLUMNS)
 
     # Step 7: the normalized events for downstream, in the same transaction.
-    outbox = [outbox_row(document) for document in documents]
-    await connection.execute(_OUTBOX_SQL, *_columns(outbox, 4))
+    outbox = [
+        outbox_row(document, value)
+        for document, value in zip(documents, serialized, strict=True)
+    ]
+    await _copy(connection, "outbox", outbox, OUTBOX_COLUMNS)
     return documents
 
 
@@ -384,7 +397,7 @@ def _build_rows(
                 value.spec.id,
                 step_no,
                 value.spec.name,
-                _json(value.value),
+                value.value,
                 value.unit,
                 value.judge,
             )
@@ -412,6 +425,15 @@ async def _move_units(
     if len(moved) != len(ordered):
         stale = set(units) - {row["id"] for row in moved}
         raise BatchRace("units changed after the gates read them", stale)
+
+
+async def _copy(
+    connection: asyncpg.Connection,
+    table: str,
+    rows: list[tuple[Any, ...]],
+    columns: tuple[str, ...],
+) -> None:
+    await connection.copy_records_to_table(table, records=rows, columns=columns)
 
 
 def _json(value: Any) -> str:
