@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import time
 from collections import Counter
@@ -49,6 +50,9 @@ from ingest_worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# A fetched batch allocates many short-lived objects without cycles; a
+# larger first generation collects them less often.
+_GC_FIRST_GENERATION_THRESHOLD = 50_000
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 30.0
 
@@ -69,6 +73,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def _names(partitions: Any) -> list[str]:
     return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+
+
+def tune_garbage_collector() -> None:
+    """Keep the objects of start-up out of later collections; collect less often.
+
+    With the default thresholds, 5,000 OpenHTF records judged and written
+    through `BatchProcessor` ran about 17 % slower (one run, 2 cores).
+    """
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(_GC_FIRST_GENERATION_THRESHOLD, second, third)
 
 
 class Worker:
@@ -100,6 +116,7 @@ class Worker:
         A failed start stops the clients it started, so it may be tried again
         on a new Worker.
         """
+        tune_garbage_collector()
         try:
             await self.producer.start()
             await self.consumer.start()
