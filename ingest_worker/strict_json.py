@@ -23,9 +23,20 @@ _ESCAPE = re.compile(rb"\\.")
 _NOT_STRUCTURE = bytes(set(range(256)) - set(b'"[]{}'))
 # Opening brackets become 2 and closing ones 0, so that byte - 1 is the step.
 _DEPTH_STEPS = bytes.maketrans(b"{[]}", b"\x02\x02\x00\x00")
-# Nineteen or more digits, or an exponent of three digits: possibly an integer
-# beyond 64 bits or a number beyond a double's range.
-_LONG_NUMBER = re.compile(rb"\d{19,}|[eE][+-]?\d{3,}")
+# Digits become "0", e and E become "e", signs stay, every other byte a space:
+# a shape in which long numbers are found by plain substring search.
+_NUMBER_SHAPE = bytes(
+    0x30
+    if byte in b"0123456789"
+    else 0x65
+    if byte in b"eE"
+    else byte
+    if byte in b"+-"
+    else 0x20
+    for byte in range(256)
+)
+_NINETEEN_DIGITS = b"0" * 19
+_LARGE_EXPONENTS = (b"e000", b"e+000", b"e-000")
 # An escaped UTF-16 surrogate, which must come in a valid pair.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -130,7 +141,7 @@ def load_object(value: bytes, max_depth: int) -> dict[str, Any]:
         ) from None
     # Checked on the text first, so no parser recurses into a deep document.
     _check_depth(value, max_depth)
-    if _SURROGATE_ESCAPE.search(value):
+    if b"\\u" in value and _SURROGATE_ESCAPE.search(value):
         # The standard parser accepts a lone surrogate, which no UTF-8 text
         # can hold; orjson rejects it.
         try:
@@ -139,8 +150,12 @@ def load_object(value: bytes, max_depth: int) -> dict[str, Any]:
             raise _unreadable(
                 f"the record value is not valid JSON: {error}", position=error.pos
             ) from None
-    # Checking every number costs a call each; only long ones need it.
-    long_numbers = _LONG_NUMBER.search(value) is not None
+    # Checking every number costs a call each; only long ones need it. Nineteen
+    # digits or a three-digit exponent may be beyond 64 bits or a double.
+    shape = value.translate(_NUMBER_SHAPE)
+    long_numbers = _NINETEEN_DIGITS in shape or any(
+        exponent in shape for exponent in _LARGE_EXPONENTS
+    )
     try:
         document = json.loads(
             text,

@@ -338,6 +338,9 @@ class CompiledMapping:
         errors: dict[str, str],
     ) -> Measurement | None:
         """Build the measurement of one item, or record its errors and return None."""
+        fast = self._plain_measurement(paths, item)
+        if fast is not None:
+            return fast
         field = f"measurements[{index}]"
         name = _resolve_text(item, paths.name, f"{field}.name", errors, relative=True)
         if isinstance(name, _Absent):
@@ -365,6 +368,37 @@ class CompiledMapping:
             judge=self._judge(judge_text),
         )
 
+    def _plain_measurement(
+        self, paths: _MeasurementPaths, item: Any
+    ) -> Measurement | None:
+        """Build the measurement of a well-formed item without error bookkeeping.
+
+        Covers the usual item: a non-blank string name, at most one value, and
+        unit and judge each absent, null or a non-blank string. Any other item
+        returns None and takes the full path, which gives the same result for
+        these items and explains every other one.
+        """
+        names = paths.name.resolve(item)
+        if len(names) != 1:
+            return None
+        name = names[0]
+        if type(name) is not str or not name.strip():
+            return None
+        values = paths.value.resolve(item)
+        if len(values) > 1:
+            return None
+        unit = _plain_text(paths.unit, item)
+        judge_text = _plain_text(paths.judge, item)
+        if unit is _NOT_PLAIN or judge_text is _NOT_PLAIN:
+            return None
+        return Measurement(
+            name=name,
+            specName=self.data_spec_map.get(name, name),
+            value=values[0] if values else None,
+            unit=unit,
+            judge=self._judge(judge_text),
+        )
+
     def _judge(self, text: str | _Absent | None) -> Judge | None:
         if text is None or isinstance(text, _Absent):
             return None
@@ -377,6 +411,21 @@ class CompiledMapping:
         if folded == "fail":
             return "FAIL"
         return None
+
+
+_NOT_PLAIN: Any = object()
+
+
+def _plain_text(path: CompiledPath | None, item: Any) -> Any:
+    """Return the optional text at `path`: None, a non-blank string or _NOT_PLAIN."""
+    if path is None:
+        return None
+    values = path.resolve(item)
+    if not values or (values[0] is None and len(values) == 1):
+        return None
+    if len(values) == 1 and type(values[0]) is str and values[0].strip():
+        return values[0]
+    return _NOT_PLAIN
 
 
 def _duplicates(texts: Iterable[str]) -> str:

@@ -8,6 +8,7 @@ path syntax, which `compile_mapping` checks when it parses the paths.
 from __future__ import annotations
 
 import reprlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -103,10 +104,13 @@ class IngestMappingModel(BaseModel):
     batchPolicy: BatchPolicy = "ALL_OR_NOTHING"
 
 
-class Measurement(BaseModel):
-    """One measurement of an event, with the station's JSON value unchanged."""
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One measurement of an event, with the station's JSON value unchanged.
 
-    model_config = ConfigDict(extra="forbid")
+    A plain dataclass rather than a model: events carry up to 10,000 of them,
+    and the compiler has checked every field before it builds one.
+    """
 
     name: str
     specName: str
