@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from ingest_worker.storage.floor import FloorLoader
 from ingest_worker.storage.writer import BatchRace, Origin, write_batch
 
 log = structlog.get_logger(__name__)
+
+# Records decoded between two yields to the event loop when decoding ahead.
+_DECODE_AHEAD_CHUNK = 25
 
 Verdict = Literal["stored", "duplicate", "rejected"]
 
@@ -80,6 +84,7 @@ class BatchProcessor:
         self._settings = settings
         self._loader = FloorLoader()
         self._topic_types = settings.topics.input_topics()
+        self._ahead: dict[tuple[str, int, int], _Work] = {}
 
     async def process(
         self, records: Iterable[ConsumerRecord[bytes, bytes]]
@@ -91,7 +96,7 @@ class BatchProcessor:
         is a defect: the batch is written again one record at a time, so only
         the records that trip it are rejected with INGEST_INTERNAL_ERROR.
         """
-        work = [self._decode(record) for record in records]
+        work = [self._decoded_work(record) for record in records]
         try:
             return await self._process_guarded(work)
         except _Defect:
@@ -146,6 +151,28 @@ class BatchProcessor:
         raise InfrastructureError(
             f"the batch kept racing other writers after {attempts} attempts"
         )
+
+    async def decode_ahead(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Decode records now that a later `process` call will take.
+
+        Decoding reads no database state, so it runs while an earlier batch
+        waits on the database. It yields to the event loop every few records,
+        so that batch's statements go out without waiting for the whole
+        decode. Only the latest batch decoded ahead is kept.
+        """
+        ahead: dict[tuple[str, int, int], _Work] = {}
+        for start in range(0, len(records), _DECODE_AHEAD_CHUNK):
+            for record in records[start : start + _DECODE_AHEAD_CHUNK]:
+                ahead[_position(record)] = self._decode(record)
+            await asyncio.sleep(0)
+        self._ahead = ahead
+
+    def _decoded_work(self, record: ConsumerRecord[bytes, bytes]) -> _Work:
+        work = self._ahead.pop(_position(record), None)
+        if work is None or work.record is not record:
+            return self._decode(record)
+        work.memo.clear()
+        return work
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> _Work:
         try:
@@ -267,6 +294,10 @@ def _internal_error(item: _Work) -> RecordOutcome:
         {},
     )
     return RecordOutcome(item.record, "rejected", error, item.envelope)
+
+
+def _position(record: ConsumerRecord[bytes, bytes]) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
 
 
 def _origin(record: ConsumerRecord[bytes, bytes]) -> Origin:

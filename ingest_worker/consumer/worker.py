@@ -64,6 +64,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # Waits until the cycle in flight has committed what it settled.
         async with self._worker.cycle_lock:
+            self._worker.forget_prefetched(set(revoked))
             log.info("partitions revoked", partitions=_names(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -107,6 +108,7 @@ class Worker:
         self.ready = False
         self.router = FailureRouter(self.producer, settings, self.metrics)
         self.counts: Counter[str] = Counter()
+        self._prefetched: list[ConsumerRecord[bytes, bytes]] = []
         self.retries = RetryConsumer(self)
         self.relay = OutboxRelay(pool, self.producer, settings)
 
@@ -163,18 +165,32 @@ class Worker:
                     await task
 
     async def run_cycle(self) -> int:
-        """Fetch, process and settle one batch; return the number of records."""
-        fetched = await self.consumer.getmany(
-            timeout_ms=self.settings.poll_timeout_ms,
-            max_records=self.settings.max_batch_records,
-        )
-        records = merge_in_time_order(fetched)
+        """Fetch, process and settle one batch; return the number of records.
+
+        While the batch waits on the database, the records the consumer has
+        already buffered are taken and decoded, so the next cycle starts with
+        them. Records taken that way but not yet processed when the worker
+        stops are not committed, so the next owner of their partitions reads
+        them again.
+        """
+        records = self._prefetched
+        self._prefetched = []
+        if not records:
+            records = await self._fetch(self.settings.poll_timeout_ms)
         if not records:
             self._set_ready(True)
             return 0
         async with self.cycle_lock:
             started = time.perf_counter()
-            outcomes = await self.process_until_done(records)
+            processing = asyncio.create_task(self.process_until_done(records))
+            try:
+                # Let the batch take its decoded records and reach the
+                # database before the next batch is decoded.
+                await asyncio.sleep(0)
+                self._prefetched = await self._fetch(0)
+                await self.processor.decode_ahead(self._prefetched)
+            finally:
+                outcomes = await processing
             await self.settle(outcomes, self._commit)
             duration_s = time.perf_counter() - started
             self.metrics.batch_settled(outcomes, duration_s)
@@ -262,6 +278,20 @@ class Worker:
             if tp not in offsets or offsets[tp].offset < next_offset:
                 offsets[tp] = OffsetAndMetadata(next_offset, "")
         await self.consumer.commit(offsets)
+
+    async def _fetch(self, timeout_ms: int) -> list[ConsumerRecord[bytes, bytes]]:
+        fetched = await self.consumer.getmany(
+            timeout_ms=timeout_ms, max_records=self.settings.max_batch_records
+        )
+        return merge_in_time_order(fetched)
+
+    def forget_prefetched(self, revoked: set[TopicPartition]) -> None:
+        """Drop fetched records of partitions that moved to another member."""
+        self._prefetched = [
+            record
+            for record in self._prefetched
+            if TopicPartition(record.topic, record.partition) not in revoked
+        ]
 
     def _set_ready(self, ready: bool) -> None:
         self.ready = ready
