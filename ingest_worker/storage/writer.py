@@ -133,6 +133,41 @@ WHERE NOT EXISTS (
 """
 
 
+# The same two moves for many carrier events at once; $1..$4 list one row per
+# loaded unit (carrier, unit, time, event), $5..$6 the carriers left empty.
+_UNLOAD_ALL_SQL = """
+WITH listed AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::bigint[])
+        AS l(carrier_id, unit_id, moment, event_id)),
+carriers AS (
+    SELECT DISTINCT carrier_id, moment FROM listed
+    UNION ALL
+    SELECT * FROM unnest($5::bigint[], $6::timestamptz[]) AS e(carrier_id, moment)),
+leaving AS (
+    SELECT o.id, k.moment FROM carrier_load o
+    JOIN carriers k ON k.carrier_id = o.carrier_id
+    WHERE o.unloaded_at IS NULL AND NOT EXISTS (
+        SELECT 1 FROM listed l
+        WHERE l.carrier_id = o.carrier_id AND l.unit_id = o.unit_id)
+    UNION ALL
+    SELECT o.id, l.moment FROM carrier_load o
+    JOIN listed l ON l.unit_id = o.unit_id
+    WHERE o.unloaded_at IS NULL AND o.carrier_id <> l.carrier_id)
+UPDATE carrier_load c SET unloaded_at = leaving.moment
+FROM leaving WHERE c.id = leaving.id
+"""
+
+_LOAD_ALL_SQL = """
+INSERT INTO carrier_load (carrier_id, unit_id, loaded_at, ingest_event_id)
+SELECT l.carrier_id, l.unit_id, l.moment, l.event_id
+FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::bigint[])
+    AS l(carrier_id, unit_id, moment, event_id)
+WHERE NOT EXISTS (
+    SELECT 1 FROM carrier_load o
+    WHERE o.carrier_id = l.carrier_id AND o.unit_id = l.unit_id
+      AND o.unloaded_at IS NULL)
+"""
+
 _CARRIER_TRACK_COLUMNS = (
     "id",
     "carrier_id",
@@ -306,9 +341,7 @@ async def write_batch(
         await _copy(
             connection, "carrier_track", rows.carrier_tracks, _CARRIER_TRACK_COLUMNS
         )
-        for carrier_id, event_id, unit_ids, moment in rows.loads:
-            await connection.execute(_UNLOAD_SQL, carrier_id, unit_ids, moment)
-            await connection.execute(_LOAD_SQL, carrier_id, unit_ids, moment, event_id)
+        await _move_carrier_loads(connection, rows.loads)
     if rows.tracks:
         await _copy(connection, "track", rows.tracks, _TRACK_COLUMNS)
     if rows.values:
@@ -425,6 +458,34 @@ async def _move_units(
     if len(moved) != len(ordered):
         stale = set(units) - {row["id"] for row in moved}
         raise BatchRace("units changed after the gates read them", stale)
+
+
+async def _move_carrier_loads(
+    connection: asyncpg.Connection,
+    loads: list[tuple[int, int, list[int], datetime]],
+) -> None:
+    """Unload and load units as the batch's carrier events say, in their order.
+
+    When no carrier and no unit is named by two events of the batch, the order
+    cannot matter, and two statements move every load at once.
+    """
+    carriers = [carrier_id for carrier_id, _, _, _ in loads]
+    units = [unit_id for _, _, unit_ids, _ in loads for unit_id in unit_ids]
+    if len(set(carriers)) == len(carriers) and len(set(units)) == len(units):
+        listed = [
+            (carrier_id, unit_id, moment, event_id)
+            for carrier_id, event_id, unit_ids, moment in loads
+            for unit_id in unit_ids
+        ]
+        emptied = [(c, m) for c, _, unit_ids, m in loads if not unit_ids]
+        await connection.execute(
+            _UNLOAD_ALL_SQL, *_columns(listed, 4), *_columns(emptied, 2)
+        )
+        await connection.execute(_LOAD_ALL_SQL, *_columns(listed, 4))
+        return
+    for carrier_id, event_id, unit_ids, moment in loads:
+        await connection.execute(_UNLOAD_SQL, carrier_id, unit_ids, moment)
+        await connection.execute(_LOAD_SQL, carrier_id, unit_ids, moment, event_id)
 
 
 async def _copy(
