@@ -20,5 +20,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Throughput and latency on the embedded servers (or KAFKA_BOOTSTRAP_SERVERS
+# and DATABASE_URL); options after ARGS=, e.g. make bench ARGS="--runs 3".
+bench: install
+	$(BIN)/python bench/run.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
