@@ -33,8 +33,8 @@ def make_consumer(settings: Settings, group_id: str | None = None) -> AIOKafkaCo
         auto_offset_reset="earliest",
         session_timeout_ms=settings.session_timeout_ms,
         # How long the broker may hold a fetch while no record is ready. Kafka
-        # answers as soon as one is; a shorter wait keeps brokers that wait
-        # the whole time from adding it to every record's latency.
+        # returns as soon as one is, but a broker that always waits the full
+        # time adds it to every record's latency, so the wait is kept short.
         fetch_max_wait_ms=100,
         heartbeat_interval_ms=max(100, settings.session_timeout_ms // 6),
         isolation_level="read_uncommitted",

@@ -45,7 +45,7 @@ class _Defect(Exception):
 
 @dataclass(slots=True)
 class RecordOutcome:
-    """What became of one record."""
+    """The verdict on one record, with its error or its stored event."""
 
     record: ConsumerRecord[bytes, bytes]
     verdict: Verdict

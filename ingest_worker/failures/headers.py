@@ -58,9 +58,8 @@ def failure_headers(
     """Keep the record's own headers and add why and where it failed.
 
     Headers of an earlier failure are replaced and the replay count is kept. A
-    record read from another topic than its origin (the retry topic) keeps the
-    origin it had; a replayed record read from its origin topic again gets its
-    new position.
+    record read from the retry topic keeps the origin it had. A replayed record,
+    read from its origin topic again, gets its new position.
 
     `ingest.attempt` counts the deliveries that failed: 1 for a record read
     from an input topic, one more than before for a record read from the retry

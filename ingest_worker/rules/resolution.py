@@ -11,8 +11,8 @@ from ingest_worker.rules.state import RouteVersion, Run, ShopFloor, Step
 
 READY_ROUTE_STATUSES = frozenset({"READY", "RETIRED"})
 
-# Normalization results of one envelope by step number, so each mapping runs
-# at most once per envelope and batch.
+# Normalization results of one envelope by step number. `normalize_with`
+# fills it, so each mapping runs once per envelope and batch attempt.
 NormalizeMemo = dict[int, NormalizedEvent | RecordRejected]
 
 

@@ -41,7 +41,7 @@ class BatchRace(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a record came from in Kafka."""
+    """The Kafka position of a record: topic, partition and offset."""
 
     topic: str
     partition: int
@@ -443,8 +443,8 @@ def _build_rows(
 async def _move_units(
     connection: asyncpg.Connection, accepted: list[tuple[Accepted, Origin]]
 ) -> None:
-    # The final state of each unit; moves of one unit within the batch were
-    # chained in memory, so one conditional update per unit covers them all.
+    # Moves of one unit within the batch were chained in memory. So one
+    # conditional update per unit, to its final state, covers them all.
     units = {move.unit.id: move.unit for a, _ in accepted for move in a.moves}
     ordered = sorted(units.values(), key=lambda unit: unit.id)
     moved = await connection.fetch(
@@ -464,7 +464,7 @@ async def _move_carrier_loads(
     connection: asyncpg.Connection,
     loads: list[tuple[int, int, list[int], datetime]],
 ) -> None:
-    """Unload and load units as the batch's carrier events say, in their order.
+    """Unload and load units as the batch's carrier events list them, in order.
 
     When no carrier and no unit is named by two events of the batch, the order
     cannot matter, and two statements move every load at once.
