@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -63,3 +63,21 @@ async def ensure_topics(
         return missing
     finally:
         await admin.close()
+
+
+async def end_positions(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Return the offset after the last record of each partition.
+
+    NOTE: the embedded broker (Tansu 0.6.0) answers the end-offset request
+    with the end of the last record batch's first record, too small after a
+    batch of several records. The high watermark of the latest fetch response
+    is right, so the larger of the two is taken.
+    """
+    ends = await consumer.end_offsets(partitions)
+    positions: dict[TopicPartition, int] = {}
+    for tp in partitions:
+        highwater = consumer.highwater(tp)
+        positions[tp] = max(ends[tp], highwater if highwater is not None else 0)
+    return positions

@@ -43,7 +43,7 @@ from ingest_worker.consumer.batch import (
 from ingest_worker.consumer.retry import RetryConsumer
 from ingest_worker.errors import InfrastructureError
 from ingest_worker.failures.router import FailureRouter
-from ingest_worker.kafka import make_consumer, make_producer
+from ingest_worker.kafka import end_positions, make_consumer, make_producer
 from ingest_worker.outbox.relay import OutboxRelay
 from ingest_worker.service.metrics import WorkerMetrics
 from ingest_worker.settings import Settings
@@ -304,7 +304,7 @@ class Worker:
         assignment = self.consumer.assignment()
         if not assignment:
             return 0
-        ends = await self.consumer.end_offsets(list(assignment))
+        ends = await end_positions(self.consumer, list(assignment))
         total = 0
         for tp in assignment:
             committed = await self.consumer.committed(tp)

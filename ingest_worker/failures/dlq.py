@@ -50,6 +50,8 @@ log = structlog.get_logger(__name__)
 # Records handled between two commits of the replay progress. A replay that
 # stops on an error replays at most this many records again on the next run.
 COMMIT_INTERVAL_RECORDS = 500
+# How long reading waits for a partition's first fetch to learn its real end.
+_END_CHECK_TIMEOUT_S = 10.0
 _FETCH_TIMEOUT_MS = 500
 # Records that cannot be replayed are logged one by one up to this count.
 _MAX_INVALID_WARNINGS = 10
@@ -240,12 +242,27 @@ async def _seek_range(
 async def _read_range(
     consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]
 ) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
-    """Yield the records from the current positions up to the end offsets."""
+    """Yield the records from the current positions up to the end offsets.
+
+    The end offsets are widened once per partition, after its first fetch, to
+    the fetch's high watermark, because some brokers report too small an end
+    offset (see `end_positions`). Records produced after that stay unread.
+    """
+    unchecked = set(ends)
+    deadline = asyncio.get_running_loop().time() + _END_CHECK_TIMEOUT_S
     while True:
         behind = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
+        if asyncio.get_running_loop().time() > deadline:
+            unchecked.clear()
+        behind += [tp for tp in unchecked if tp not in behind]
         if not behind:
             return
         fetched = await consumer.getmany(*behind, timeout_ms=_FETCH_TIMEOUT_MS)
+        for tp in list(unchecked):
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                ends[tp] = max(ends[tp], highwater)
+                unchecked.discard(tp)
         for tp in sorted(fetched):
             for record in fetched[tp]:
                 # A fetch may return records produced after the run started.

@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client.exposition import choose_encoder
 
 from ingest_worker.consumer.worker import Worker
+from ingest_worker.kafka import end_positions
 from ingest_worker.errors import ConfigurationError
 from ingest_worker.service.metrics import WorkerMetrics
 from ingest_worker.settings import Settings
@@ -367,7 +368,7 @@ class GaugeRefresher:
         )
         lags: dict[TopicPartition, int] = {}
         if assignment:
-            ends = await self._consumer.end_offsets(assignment)
+            ends = await end_positions(self._consumer, list(assignment))
             committed = await asyncio.gather(
                 *(self._consumer.committed(tp) for tp in assignment)
             )
