@@ -8,7 +8,8 @@ Every failure that a station or an operator can see carries one code from
     ├── MasterDataError            a master data file is invalid (seed)
     │   └── MappingDefinitionError an ingestMapping is invalid; names its field
     ├── ConfigurationError         a setting is missing or invalid
-    └── InfrastructureError        database or broker unreachable; retriable
+    ├── InfrastructureError        database or broker unreachable; retriable
+    └── WorkerStopping             a stop came while the worker waited to retry
 """
 
 from __future__ import annotations
@@ -104,3 +105,10 @@ class ConfigurationError(IngestWorkerError):
 
 class InfrastructureError(IngestWorkerError):
     """The database or the broker cannot be reached; the work is retried."""
+
+
+class WorkerStopping(IngestWorkerError):
+    """A stop came while a batch waited for the database or the broker.
+
+    The batch is left uncommitted, so its records are read again later.
+    """

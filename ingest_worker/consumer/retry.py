@@ -24,6 +24,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata
 
+from ingest_worker.errors import WorkerStopping
 from ingest_worker.failures.headers import RETRY_DUE, header_value
 from ingest_worker.kafka import make_consumer
 from ingest_worker.mapping import parse_rfc3339
@@ -129,8 +130,12 @@ class RetryConsumer:
                     await self._commit([])
                 return
             started = time.perf_counter()
-            outcomes = await self._worker.process_until_done(due)
-            await self._worker.settle(outcomes, self._commit)
+            try:
+                outcomes = await self._worker.process_until_done(due)
+                await self._worker.settle(outcomes, self._commit)
+            except WorkerStopping:
+                # Not committed: the records are read again after a restart.
+                return
             self._worker.metrics.batch_settled(outcomes, time.perf_counter() - started)
             verdicts = Counter(outcome.verdict for outcome in outcomes)
             self.counts.update(verdicts)

@@ -41,7 +41,7 @@ from ingest_worker.consumer.batch import (
     merge_in_time_order,
 )
 from ingest_worker.consumer.retry import RetryConsumer
-from ingest_worker.errors import InfrastructureError
+from ingest_worker.errors import InfrastructureError, WorkerStopping
 from ingest_worker.failures.router import FailureRouter
 from ingest_worker.kafka import end_positions, make_consumer, make_producer
 from ingest_worker.outbox.relay import OutboxRelay
@@ -111,6 +111,7 @@ class Worker:
         self.router = FailureRouter(self.producer, settings, self.metrics)
         self.counts: Counter[str] = Counter()
         self._prefetched: list[ConsumerRecord[bytes, bytes]] = []
+        self._stop = asyncio.Event()
         self.retries = RetryConsumer(self)
         self.relay = OutboxRelay(pool, self.producer, settings)
 
@@ -149,6 +150,7 @@ class Worker:
         The retry consumer and the outbox relay run beside the input consumer;
         an error in any of them stops all and is raised here.
         """
+        self._stop = stop
         helpers = [
             asyncio.create_task(self.retries.run(stop), name="retry-consumer"),
             asyncio.create_task(self.relay.run(stop), name="outbox-relay"),
@@ -186,14 +188,22 @@ class Worker:
             started = time.perf_counter()
             processing = asyncio.create_task(self.process_until_done(records))
             try:
-                # Let the batch take its decoded records and reach the
-                # database before the next batch is decoded.
-                await asyncio.sleep(0)
-                self._prefetched = await self._fetch(0)
-                await self.processor.decode_ahead(self._prefetched)
-            finally:
-                outcomes = await processing
-            await self.settle(outcomes, self._commit)
+                try:
+                    # Let the batch take its decoded records and reach the
+                    # database before the next batch is decoded.
+                    await asyncio.sleep(0)
+                    self._prefetched = await self._fetch(0)
+                    await self.processor.decode_ahead(self._prefetched)
+                finally:
+                    outcomes = await processing
+                await self.settle(outcomes, self._commit)
+            except WorkerStopping:
+                log.info(
+                    "stopped while the database or broker was away; the batch "
+                    "is not committed and will be read again",
+                    records=len(records),
+                )
+                return 0
             duration_s = time.perf_counter() - started
             self.metrics.batch_settled(outcomes, duration_s)
             verdicts = Counter(outcome.verdict for outcome in outcomes)
@@ -222,7 +232,7 @@ class Worker:
                     records=len(records),
                     retry_in_s=round(pause, 2),
                 )
-                await asyncio.sleep(pause)
+                await self.pause_unless_stopped(pause)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 continue
             self._set_ready(True)
@@ -255,7 +265,7 @@ class Worker:
                     error=repr(error),
                     retry_in_s=round(pause, 2),
                 )
-                await asyncio.sleep(pause)
+                await self.pause_unless_stopped(pause)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
 
     async def _send_failures(self, rejected: list[RecordOutcome]) -> None:
@@ -294,6 +304,13 @@ class Worker:
             for record in self._prefetched
             if TopicPartition(record.topic, record.partition) not in revoked
         ]
+
+    async def pause_unless_stopped(self, seconds: float) -> None:
+        """Wait before a retry; raise WorkerStopping if a stop comes first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        if self._stop.is_set():
+            raise WorkerStopping
 
     def _set_ready(self, ready: bool) -> None:
         self.ready = ready

@@ -64,7 +64,8 @@ class OutboxRelay:
                     error=f"{type(error).__name__}: {error}",
                     retry_in_s=round(pause, 2),
                 )
-                await asyncio.sleep(pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 continue
             delay = 0.5

@@ -33,8 +33,8 @@ from aiokafka.errors import KafkaError
 from prometheus_client.exposition import choose_encoder
 
 from ingest_worker.consumer.worker import Worker
-from ingest_worker.kafka import end_positions
 from ingest_worker.errors import ConfigurationError
+from ingest_worker.kafka import end_positions
 from ingest_worker.service.metrics import WorkerMetrics
 from ingest_worker.settings import Settings
 from ingest_worker.storage.database import redact_url

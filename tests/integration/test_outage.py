@@ -19,6 +19,7 @@ from tests.integration.support import (
     sample_factory,
     seed_sample,
     spi_values,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -80,3 +81,37 @@ async def test_database_outage_loses_nothing(
     assert await read_topic(settings, settings.topics.retry) == []
     assert False in readiness
     assert readiness[-1] is True
+
+
+async def test_stop_during_outage_hands_batch_back(
+    settings: Settings, own_database: EmbeddedDatabase
+) -> None:
+    url = own_database.url
+    connection = await connect(url)
+    await migrate(connection)
+    await connection.close()
+    await seed_sample(url)
+    settings = settings.model_copy(update={"database_url": SecretStr(url)})
+    values = spi_values(5, "stop")
+
+    async with running_worker(settings) as running:
+        await running.worker.assigned.wait()
+        await asyncio.to_thread(own_database.halt)
+        await publish_raw(settings, settings.topics.auto, values)
+        await wait_for(lambda: _not_ready(running.worker))
+        running.stop.set()
+        # The worker leaves its retry wait at once instead of waiting for the
+        # database; the uncommitted batch is handed back.
+        await asyncio.wait_for(running.task, 10)
+        assert running.worker.counts["stored"] == 0
+
+    await asyncio.to_thread(own_database.resume)
+    async with running_worker(settings) as running:
+        await running.settle()
+    rows = await fetch_all(url, "SELECT count(*) AS n FROM ingest_event")
+    assert rows[0]["n"] == 5
+    assert await read_topic(settings, settings.topics.dlq) == []
+
+
+async def _not_ready(worker: object) -> bool:
+    return not worker.ready  # type: ignore[attr-defined]
