@@ -54,10 +54,21 @@ def _unreadable(message: str, **detail: Any) -> RecordRejected:
 
 
 def _field_errors(error: ValidationError) -> dict[str, str]:
+    """Map each invalid field to pydantic's reason and the value it received."""
     fields: dict[str, str] = {}
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"]) or "$"
-        fields.setdefault(location, item["msg"])
+        reason = item["msg"]
+        if item["type"] != "missing":
+            value = item.get("input")
+            shown = orjson.dumps(value, default=str).decode()
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            length = ""
+            if item["type"] in ("string_too_long", "string_too_short"):
+                length = f", {len(value)} characters"
+            reason = f"{reason} (got {shown}{length})"
+        fields.setdefault(location, reason)
     return fields
 
 

@@ -10,7 +10,8 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from ingest_worker.mapping import CompiledPath, compile_path
+from ingest_worker.errors import ConfigurationError
+from ingest_worker.mapping import CompiledPath, PathSyntaxError, compile_path
 from ingest_worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -28,6 +29,8 @@ DEFAULT_KEY_PATHS = {
 class PublishReport:
     published: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    # Records sent without a key because no key path matched.
+    unkeyed: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,10 @@ def plan_records(
     With an explicit topic, every non-empty line is sent as it is, readable or
     not, so that malformed input can be fed to the worker on purpose.
     """
-    custom_key = [compile_path(key_path)] if key_path else None
+    try:
+        custom_key = [compile_path(key_path)] if key_path else None
+    except PathSyntaxError as error:
+        raise ConfigurationError(f"invalid --key-path: {error}") from error
     for where, raw in lines:
         value = raw.strip()
         if not value:
@@ -127,6 +133,8 @@ async def publish_records(
             continue
         pending.append(await producer.send(record.topic, record.value, key=record.key))
         report.published[record.topic] = report.published.get(record.topic, 0) + 1
+        if record.key is None:
+            report.unkeyed += 1
     for future in pending:
         await future
     return report

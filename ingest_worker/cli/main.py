@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import asyncpg
 import orjson
 import structlog
+from aiokafka.errors import KafkaError
 
 from ingest_worker.cli.dlq import add_dlq_parser
 from ingest_worker.errors import (
@@ -26,12 +28,28 @@ from ingest_worker.settings import Settings, load_settings
 from ingest_worker.storage.database import connect, create_pool, redact_url
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from ingest_worker.consumer.worker import Worker
     from ingest_worker.publish import OutgoingRecord
 
 log = structlog.get_logger(__name__)
+
+
+# Wrong address, credentials, database name or URL syntax, as asyncpg reports
+# them when connecting.
+_CONNECT_ERRORS = (
+    OSError,
+    ValueError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def _connection_error(url: str, error: BaseException) -> ConfigurationError:
+    # asyncpg's messages name the user and database but not the password.
+    return ConfigurationError(
+        f"cannot connect to the database at {redact_url(url)}: "
+        f"{type(error).__name__}: {error}; check DATABASE_URL"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,6 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     except IngestWorkerError as error:
         print(f"ingest-worker: {error}", file=sys.stderr)
         return 1
+    except KafkaError as error:
+        servers = settings.kafka.bootstrap_servers
+        print(
+            f"ingest-worker: the broker at {servers} failed or is unreachable: "
+            f"{type(error).__name__}: {error}; check KAFKA_BOOTSTRAP_SERVERS",
+            file=sys.stderr,
+        )
+        return 1
+    except BrokenPipeError:
+        # The reader of the output went away, as `trace SN | head` does.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         return 130
 
@@ -155,10 +185,8 @@ async def _connection(settings: Settings) -> AsyncIterator[object]:
     url = settings.require_database_url()
     try:
         connection = await connect(url)
-    except (OSError, ConnectionError) as error:
-        raise ConfigurationError(
-            f"cannot connect to the database at {redact_url(url)}: {error}"
-        ) from error
+    except _CONNECT_ERRORS as error:
+        raise _connection_error(url, error) from error
     try:
         yield connection
     finally:
@@ -237,13 +265,20 @@ async def _publish_and_report(
     from ingest_worker.publish import publish_records
 
     producer = make_producer(settings)
-    await producer.start()
     try:
+        await producer.start()
         report = await publish_records(producer, records)
     finally:
         await producer.stop()
     for name, count in sorted(report.published.items()):
         print(f"{count} records published to {name}")
+    if report.unkeyed:
+        print(
+            f"{report.unkeyed} records published without a key, so their order "
+            "is kept only within a partition; pass --key-path, such as "
+            "payload.basket for a washer's carrier code",
+            file=sys.stderr,
+        )
     for problem in report.skipped:
         print(f"skipped {problem}", file=sys.stderr)
     return 1 if report.skipped else 0
@@ -315,15 +350,11 @@ async def _start_when_broker_answers(
 
 
 async def _open_pool(settings: Settings) -> asyncpg.Pool:
-    import asyncpg
-
     url = settings.require_database_url()
     try:
         return await create_pool(url, max_size=settings.db_pool_size)
-    except (OSError, asyncpg.PostgresError) as error:
-        raise ConfigurationError(
-            f"cannot connect to the database at {redact_url(url)}: {error}"
-        ) from error
+    except _CONNECT_ERRORS as error:
+        raise _connection_error(url, error) from error
 
 
 async def _require_migrated(pool: asyncpg.Pool) -> None:

@@ -717,13 +717,13 @@ def _check_mapping(label: str, step: RouteStep) -> list[str]:
         return [f"{label}: {field_name}: {error.reason}"]
     mapped_type = mapping.get("eventType")
     if mapped_type is not None and mapped_type != step.station_type:
-        log.warning(
-            "ingest mapping will never be chosen: its eventType differs from the "
-            "step's stationType",
-            step=label,
-            mapping_event_type=mapped_type,
-            step_station_type=step.station_type,
-        )
+        # Such a mapping is never chosen, and a frozen route version could not
+        # be corrected later, so the file is rejected now.
+        return [
+            f"{label}: ingestMapping.eventType: {mapped_type} differs from the "
+            f"step's stationType {step.station_type}; make them equal or drop "
+            "the mapping's eventType"
+        ]
     spec_map = mapping.get("dataSpecMap") or {}
     unbound = sorted(
         {name for name in spec_map.values() if name not in step.data_specs}

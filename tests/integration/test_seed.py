@@ -14,7 +14,6 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
-from structlog.testing import capture_logs
 
 from ingest_worker.errors import MasterDataError
 from ingest_worker.storage import seed
@@ -381,21 +380,19 @@ def test_unknown_mapping_field_rejected() -> None:
     )
 
 
-def test_mapping_event_type_mismatch_warns() -> None:
+def test_mapping_event_type_mismatch_rejected() -> None:
     def mismatch(document: dict[str, Any]) -> None:
         mapping = step(document, 20)["ingestMapping"]
         mapping["eventType"] = "TEST"
         mapping["testResultIdPath"] = "dedupeKey"
 
-    with capture_logs() as logs:
-        factory = parse_factory(changed_document(mismatch))
+    with pytest.raises(MasterDataError) as caught:
+        parse_factory(changed_document(mismatch))
 
-    assert factory.routes[0].versions[0].steps[1].ingest_mapping["eventType"] == "TEST"
-    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
-    assert len(warnings) == 1
-    assert warnings[0]["step"] == "routes[0] ROUTE-MAINBOARD version 1 step 20"
-    assert warnings[0]["mapping_event_type"] == "TEST"
-    assert warnings[0]["step_station_type"] == "AUTO"
+    message = str(caught.value)
+    assert "ROUTE-MAINBOARD version 1 step 20" in message
+    assert "ingestMapping.eventType" in message
+    assert "stationType AUTO" in message
 
 
 def test_sn_range_expansion() -> None:
