@@ -20,7 +20,6 @@ from aiokafka.errors import KafkaError
 from ingest_worker.cli.dlq import add_dlq_parser
 from ingest_worker.errors import (
     ConfigurationError,
-    InfrastructureError,
     IngestWorkerError,
 )
 from ingest_worker.logs import configure_logging
@@ -28,7 +27,6 @@ from ingest_worker.settings import Settings, load_settings
 from ingest_worker.storage.database import connect, create_pool, redact_url
 
 if TYPE_CHECKING:
-    from ingest_worker.consumer.worker import Worker
     from ingest_worker.publish import OutgoingRecord
 
 log = structlog.get_logger(__name__)
@@ -293,6 +291,7 @@ async def topics_command(settings: Settings, partitions: int, replicas: int) -> 
 
 
 async def run_command(settings: Settings) -> int:
+    from ingest_worker.consumer.worker import Worker
     from ingest_worker.service.http import parse_http_addr, start_http, stop_http
 
     # A mistyped address fails here, before any connection is opened.
@@ -304,49 +303,49 @@ async def run_command(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        worker = await _start_when_broker_answers(settings, pool, stop)
-        if worker is None:
-            return 0
-        http = None
+        worker = Worker(settings, pool)
+        # Served from the start, so probes see a live process that is not
+        # ready while the broker is still unreachable.
+        http = await start_http(settings, pool, worker)
         try:
-            http = await start_http(settings, pool, worker)
-            await worker.run(stop)
+            if not await _wait_for_broker(settings, stop):
+                return 0
+            await worker.start()
+            try:
+                await worker.run(stop)
+            finally:
+                await worker.stop()
         finally:
-            await worker.stop()
-            if http is not None:
-                await stop_http(http)
+            await stop_http(http)
     finally:
         await pool.close()
     return 0
 
 
-async def _start_when_broker_answers(
-    settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event
-) -> Worker | None:
-    """Start a worker, waiting with backoff while the broker is unreachable.
-
-    Returns None when a stop signal arrives first.
-    """
-    from ingest_worker.consumer.worker import Worker
+async def _wait_for_broker(settings: Settings, stop: asyncio.Event) -> bool:
+    """Wait with backoff until the broker answers; False if a stop came first."""
+    from aiokafka import AIOKafkaClient
 
     delay_s = 0.5
-    while True:
-        worker = Worker(settings, pool)
+    while not stop.is_set():
+        client = AIOKafkaClient(**settings.kafka.client_options())
         try:
-            await worker.start()
-            return worker
-        except InfrastructureError as error:
+            await client.bootstrap()
+            return True
+        except KafkaError as error:
             pause = random.uniform(delay_s / 2, delay_s)
             log.warning(
                 "broker unreachable; retrying",
-                error=str(error),
+                bootstrap_servers=settings.kafka.bootstrap_servers,
+                error=f"{type(error).__name__}: {error}",
                 retry_in_s=round(pause, 2),
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause)
-            if stop.is_set():
-                return None
             delay_s = min(delay_s * 2, 30.0)
+        finally:
+            await client.close()
+    return False
 
 
 async def _open_pool(settings: Settings) -> asyncpg.Pool:
