@@ -298,28 +298,62 @@ async def run_command(settings: Settings) -> int:
     parse_http_addr(settings.http_addr)
     pool = await _open_pool(settings)
     try:
-        await _require_migrated(pool)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         worker = Worker(settings, pool)
         # Served from the start, so probes see a live process that is not
-        # ready while the broker is still unreachable.
+        # ready while the database or the broker is still unreachable.
         http = await start_http(settings, pool, worker)
         try:
+            if not await _wait_for_database(settings, pool, stop):
+                return 0
+            await _require_migrated(pool)
             if not await _wait_for_broker(settings, stop):
                 return 0
             await worker.start()
-            try:
-                await worker.run(stop)
-            finally:
-                await worker.stop()
+            await worker.run(stop)
         finally:
+            # Also closes the clients of a worker that never started.
+            await worker.stop()
             await stop_http(http)
     finally:
         await pool.close()
     return 0
+
+
+async def _wait_for_database(
+    settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event
+) -> bool:
+    """Wait with backoff until the database answers; False if a stop came first.
+
+    Only an outage is waited out. Wrong credentials or a wrong database name
+    raise ConfigurationError at once, because waiting would not fix them.
+    """
+    from ingest_worker.storage.database import is_transient
+
+    url = settings.require_database_url()
+    delay_s = 0.5
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as connection:
+                await connection.fetchval("SELECT 1")
+            return True
+        except _CONNECT_ERRORS as error:
+            if not is_transient(error):
+                raise _connection_error(url, error) from error
+            pause = random.uniform(delay_s / 2, delay_s)
+            log.warning(
+                "database unreachable; retrying",
+                database=redact_url(url),
+                error=f"{type(error).__name__}: {error}",
+                retry_in_s=round(pause, 2),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            delay_s = min(delay_s * 2, 30.0)
+    return False
 
 
 async def _wait_for_broker(settings: Settings, stop: asyncio.Event) -> bool:
@@ -351,7 +385,8 @@ async def _wait_for_broker(settings: Settings, stop: asyncio.Event) -> bool:
 async def _open_pool(settings: Settings) -> asyncpg.Pool:
     url = settings.require_database_url()
     try:
-        return await create_pool(url, max_size=settings.db_pool_size)
+        # No connection yet: run waits for an unreachable database itself.
+        return await create_pool(url, max_size=settings.db_pool_size, min_size=0)
     except _CONNECT_ERRORS as error:
         raise _connection_error(url, error) from error
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -49,23 +50,47 @@ async def connect(database_url: str) -> asyncpg.Connection:
     return connection
 
 
-async def create_pool(database_url: str, *, max_size: int = 4) -> asyncpg.Pool:
-    """Open a connection pool with the JSON codecs the worker relies on."""
+async def create_pool(
+    database_url: str, *, max_size: int = 4, min_size: int = 1
+) -> asyncpg.Pool:
+    """Open a connection pool with the JSON codecs the worker relies on.
+
+    With `min_size` 0 no connection is opened until one is acquired, so the
+    pool can be created while the server is still unreachable.
+    """
     pool = await asyncpg.create_pool(
-        database_url, min_size=1, max_size=max_size, init=_init_connection
+        database_url, min_size=min_size, max_size=max_size, init=_init_connection
     )
     assert pool is not None
     return pool
 
 
+# Query parameters of a libpq URL that carry a secret.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def redact_url(url: str) -> str:
-    """Return the URL without its password, for logs and messages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, location = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{location}" if user else f"{scheme}://{location}"
+    """Return the URL with every password replaced by ***, for logs and messages.
+
+    Passwords may stand in the user part or in the query string
+    (`?password=...`). A value that does not parse as a URL is replaced whole.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if not parts.scheme:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, _, location = netloc.rpartition("@")
+        user, has_password, _ = credentials.partition(":")
+        netloc = f"{user}:***@{location}" if has_password else f"{user}@{location}"
+    query = "&".join(
+        f"{name}=***" if name.lower() in _SECRET_PARAMETERS else f"{name}={value}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def is_transient(error: BaseException) -> bool:
