@@ -115,26 +115,10 @@ WHERE r.id = s.id AND r.status = 'AUTHORIZED'
 """
 
 
-# Units no longer listed leave the carrier; listed units not yet on it are
-# loaded, leaving any other carrier they were on.
-_UNLOAD_SQL = """
-UPDATE carrier_load SET unloaded_at = $3
-WHERE unloaded_at IS NULL
-  AND ((carrier_id = $1 AND NOT unit_id = ANY($2::bigint[]))
-       OR (carrier_id <> $1 AND unit_id = ANY($2::bigint[])))
-"""
-
-_LOAD_SQL = """
-INSERT INTO carrier_load (carrier_id, unit_id, loaded_at, ingest_event_id)
-SELECT $1, u, $3, $4 FROM unnest($2::bigint[]) AS u
-WHERE NOT EXISTS (
-    SELECT 1 FROM carrier_load l
-    WHERE l.carrier_id = $1 AND l.unit_id = u AND l.unloaded_at IS NULL)
-"""
-
-
-# The same two moves for many carrier events at once; $1..$4 list one row per
-# loaded unit (carrier, unit, time, event), $5..$6 the carriers left empty.
+# Carrier loads of many events at once. Units no longer listed leave their
+# carrier, and listed units not yet on it are loaded, leaving any other carrier
+# they were on. $1..$4 list one row per loaded unit (carrier, unit, time,
+# event), and $5..$6 the carriers that events left empty.
 _UNLOAD_ALL_SQL = """
 WITH listed AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::bigint[])
@@ -466,26 +450,40 @@ async def _move_carrier_loads(
 ) -> None:
     """Unload and load units as the batch's carrier events list them, in order.
 
-    When no carrier and no unit is named by two events of the batch, the order
-    cannot matter, and two statements move every load at once.
+    Events are put into rounds: an event goes one round after the last event
+    that named its carrier or one of its units. Events of one round share no
+    carrier and no unit, so their order cannot matter, and two statements move
+    every load of a round at once.
     """
-    carriers = [carrier_id for carrier_id, _, _, _ in loads]
-    units = [unit_id for _, _, unit_ids, _ in loads for unit_id in unit_ids]
-    if len(set(carriers)) == len(carriers) and len(set(units)) == len(units):
+    rounds: list[list[tuple[int, int, list[int], datetime]]] = []
+    carrier_round: dict[int, int] = {}
+    unit_round: dict[int, int] = {}
+    for load in loads:
+        carrier_id, _, unit_ids, _ = load
+        index = (
+            max(
+                [carrier_round.get(carrier_id, -1)]
+                + [unit_round.get(unit_id, -1) for unit_id in unit_ids]
+            )
+            + 1
+        )
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(load)
+        carrier_round[carrier_id] = index
+        for unit_id in unit_ids:
+            unit_round[unit_id] = index
+    for round_loads in rounds:
         listed = [
             (carrier_id, unit_id, moment, event_id)
-            for carrier_id, event_id, unit_ids, moment in loads
+            for carrier_id, event_id, unit_ids, moment in round_loads
             for unit_id in unit_ids
         ]
-        emptied = [(c, m) for c, _, unit_ids, m in loads if not unit_ids]
+        emptied = [(c, m) for c, _, unit_ids, m in round_loads if not unit_ids]
         await connection.execute(
             _UNLOAD_ALL_SQL, *_columns(listed, 4), *_columns(emptied, 2)
         )
         await connection.execute(_LOAD_ALL_SQL, *_columns(listed, 4))
-        return
-    for carrier_id, event_id, unit_ids, moment in loads:
-        await connection.execute(_UNLOAD_SQL, carrier_id, unit_ids, moment)
-        await connection.execute(_LOAD_SQL, carrier_id, unit_ids, moment, event_id)
 
 
 async def _copy(
