@@ -115,32 +115,32 @@ WHERE r.id = s.id AND r.status = 'AUTHORIZED'
 """
 
 
-# Carrier loads of many events at once. Units no longer listed leave their
-# carrier, and listed units not yet on it are loaded, leaving any other carrier
-# they were on. $1..$4 list one row per loaded unit (carrier, unit, time,
-# event), and $5..$6 the carriers that events left empty.
-_UNLOAD_ALL_SQL = """
-WITH listed AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::bigint[])
-        AS l(carrier_id, unit_id, moment, event_id)),
-carriers AS (
-    SELECT DISTINCT carrier_id, moment FROM listed
+# Carrier loads of many events at once, in three statements. $1..$3 list one
+# row per listed unit (carrier, unit, time), and $4..$5 add the carriers that
+# events left empty. First, units no longer listed leave their carrier.
+_UNLOAD_UNLISTED_SQL = """
+UPDATE carrier_load o SET unloaded_at = k.moment
+FROM (
+    SELECT DISTINCT carrier_id, moment
+    FROM unnest($1::bigint[], $3::timestamptz[]) AS l(carrier_id, moment)
     UNION ALL
-    SELECT * FROM unnest($5::bigint[], $6::timestamptz[]) AS e(carrier_id, moment)),
-leaving AS (
-    SELECT o.id, k.moment FROM carrier_load o
-    JOIN carriers k ON k.carrier_id = o.carrier_id
-    WHERE o.unloaded_at IS NULL AND NOT EXISTS (
-        SELECT 1 FROM listed l
-        WHERE l.carrier_id = o.carrier_id AND l.unit_id = o.unit_id)
-    UNION ALL
-    SELECT o.id, l.moment FROM carrier_load o
-    JOIN listed l ON l.unit_id = o.unit_id
-    WHERE o.unloaded_at IS NULL AND o.carrier_id <> l.carrier_id)
-UPDATE carrier_load c SET unloaded_at = leaving.moment
-FROM leaving WHERE c.id = leaving.id
+    SELECT * FROM unnest($4::bigint[], $5::timestamptz[]) AS e(carrier_id, moment)
+) AS k
+WHERE o.carrier_id = k.carrier_id AND o.unloaded_at IS NULL
+  AND (o.carrier_id, o.unit_id) NOT IN (
+      SELECT * FROM unnest($1::bigint[], $2::bigint[]))
 """
 
+# Then listed units leave any other carrier they are on.
+_UNLOAD_MOVED_SQL = """
+UPDATE carrier_load o SET unloaded_at = l.moment
+FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[])
+    AS l(carrier_id, unit_id, moment)
+WHERE o.unit_id = l.unit_id AND o.unloaded_at IS NULL
+  AND o.carrier_id <> l.carrier_id
+"""
+
+# Last, listed units not yet on their carrier are loaded.
 _LOAD_ALL_SQL = """
 INSERT INTO carrier_load (carrier_id, unit_id, loaded_at, ingest_event_id)
 SELECT l.carrier_id, l.unit_id, l.moment, l.event_id
@@ -452,7 +452,7 @@ async def _move_carrier_loads(
 
     Events are put into rounds: an event goes one round after the last event
     that named its carrier or one of its units. Events of one round share no
-    carrier and no unit, so their order cannot matter, and two statements move
+    carrier and no unit, so their order cannot matter, and three statements move
     every load of a round at once.
     """
     rounds: list[list[tuple[int, int, list[int], datetime]]] = []
@@ -480,10 +480,12 @@ async def _move_carrier_loads(
             for unit_id in unit_ids
         ]
         emptied = [(c, m) for c, _, unit_ids, m in round_loads if not unit_ids]
+        columns = _columns(listed, 4)
         await connection.execute(
-            _UNLOAD_ALL_SQL, *_columns(listed, 4), *_columns(emptied, 2)
+            _UNLOAD_UNLISTED_SQL, *columns[:3], *_columns(emptied, 2)
         )
-        await connection.execute(_LOAD_ALL_SQL, *_columns(listed, 4))
+        await connection.execute(_UNLOAD_MOVED_SQL, *columns[:3])
+        await connection.execute(_LOAD_ALL_SQL, *columns)
 
 
 async def _copy(
