@@ -146,9 +146,13 @@ async def dlq_command(settings: Settings, arguments: argparse.Namespace) -> int:
         if arguments.dlq_command == "replay":
             return await _replay(settings, selection, arguments)
     except KafkaError as error:
-        message = f"dlq {arguments.dlq_command} failed on the broker: {error!r}"
-        if arguments.dlq_command == "replay":
-            message += "; run it again to resume after the last committed record"
+        message = (
+            f"dlq {arguments.dlq_command} failed on the broker at "
+            f"{settings.kafka.bootstrap_servers}: {error}; check "
+            "KAFKA_BOOTSTRAP_SERVERS"
+        )
+        if arguments.dlq_command == "replay" and not arguments.dry_run:
+            message += ", then run it again to resume after the last committed record"
         raise InfrastructureError(message) from error
     raise AssertionError(arguments.dlq_command)
 
