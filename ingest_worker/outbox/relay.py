@@ -36,6 +36,11 @@ SELECT id, record_key, value, headers FROM outbox ORDER BY id LIMIT $1
 """
 
 
+def _retriable(error: BaseException) -> bool:
+    """Tell whether a relay round failed because a server was away."""
+    return isinstance(error, KafkaError) or is_transient(error)
+
+
 class OutboxRelay:
     """Moves outbox rows to the normalized topic until stopped."""
 
@@ -58,8 +63,8 @@ class OutboxRelay:
         while not stop.is_set():
             try:
                 count = await self.publish_once()
-            except (KafkaError, asyncpg.PostgresError, OSError) as error:
-                if isinstance(error, asyncpg.PostgresError) and not is_transient(error):
+            except Exception as error:
+                if not _retriable(error):
                     raise
                 pause = random.uniform(delay / 2, delay)
                 log.warning(
@@ -83,7 +88,9 @@ class OutboxRelay:
         try:
             while await self.publish_once() == self._batch_size:
                 pass
-        except (KafkaError, asyncpg.PostgresError, OSError) as error:
+        except Exception as error:
+            if not _retriable(error):
+                raise
             log.warning("outbox left for the next start", error=str(error))
 
     async def publish_once(self) -> int:
