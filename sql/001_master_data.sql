@@ -1,4 +1,4 @@
--- Master data: the factory as the MES knows it. Loaded by `ingest-worker seed`,
+-- Master data: the factory as the MES models it. Loaded by `ingest-worker seed`,
 -- keyed by natural keys (codes, names, numbers).
 
 CREATE TABLE line (
