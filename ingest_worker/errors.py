@@ -63,8 +63,8 @@ class IngestWorkerError(Exception):
 class RecordRejected(IngestWorkerError):
     """One record cannot be ingested.
 
-    `detail` is JSON-serializable context for the dead-letter header. It never
-    holds the payload itself, only the names and values that explain the code.
+    `detail` is JSON-serializable context for the dead-letter header. It
+    contains the names and values that explain the code, not the payload.
     """
 
     def __init__(

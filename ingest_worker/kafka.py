@@ -70,10 +70,10 @@ async def end_positions(
 ) -> dict[TopicPartition, int]:
     """Return the offset after the last record of each partition.
 
-    NOTE: the embedded broker (Tansu 0.6.0) answers the end-offset request
-    with the end of the last record batch's first record, too small after a
-    batch of several records. The high watermark of the latest fetch response
-    is right, so the larger of the two is taken.
+    NOTE: the embedded broker (Tansu 0.6.0) returns, for the end-offset
+    request, the offset after the first record of the last record batch. That
+    is too small after a batch of several records. The high watermark of the
+    latest fetch response is right, so the larger of the two is taken.
     """
     ends = await consumer.end_offsets(partitions)
     positions: dict[TopicPartition, int] = {}

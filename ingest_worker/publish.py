@@ -16,8 +16,8 @@ from ingest_worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-# Where the record key is looked for when no key path is given: the unit
-# serial for unit events, the carrier code for carrier events.
+# Paths tried for the record key when no key path is given: the unit serial
+# for unit events, the carrier code for carrier events.
 DEFAULT_KEY_PATHS = {
     "AUTO": ("sn", "payload.sn"),
     "TEST": ("sn", "payload.sn"),

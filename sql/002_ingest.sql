@@ -1,7 +1,8 @@
--- What the worker writes: ingest events and their effects on the shop floor.
+-- Tables the worker writes: ingest events and their effects on the shop floor.
 
 -- One row per accepted station event. (source_system, dedupe_key) is the
--- idempotency key; content_hash tells a redelivery from a conflicting reuse.
+-- idempotency key, and content_hash separates a redelivery from a conflicting
+-- reuse.
 CREATE TABLE ingest_event (
     id                  bigserial PRIMARY KEY,
     source_system       text NOT NULL,

@@ -323,10 +323,33 @@ async def run_command(settings: Settings) -> int:
     return 0
 
 
+async def _pause_before_retry(
+    stop: asyncio.Event,
+    delay_s: float,
+    event: str,
+    error: BaseException,
+    **ids: object,
+) -> float:
+    """Log the failure and wait a jittered pause or until stopped.
+
+    Returns the next, doubled delay, at most 30 s.
+    """
+    pause = random.uniform(delay_s / 2, delay_s)
+    log.warning(
+        event,
+        error=f"{type(error).__name__}: {error}",
+        retry_in_s=round(pause, 2),
+        **ids,
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), pause)
+    return min(delay_s * 2, 30.0)
+
+
 async def _wait_for_database(
     settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event
 ) -> bool:
-    """Wait with backoff until the database answers; False if a stop came first.
+    """Wait with backoff until the database responds; False if a stop came first.
 
     Only an outage is waited out. Wrong credentials or a wrong database name
     raise ConfigurationError at once, because waiting would not fix them.
@@ -343,21 +366,18 @@ async def _wait_for_database(
         except _CONNECT_ERRORS as error:
             if not is_transient(error):
                 raise _connection_error(url, error) from error
-            pause = random.uniform(delay_s / 2, delay_s)
-            log.warning(
+            delay_s = await _pause_before_retry(
+                stop,
+                delay_s,
                 "database unreachable; retrying",
+                error,
                 database=redact_url(url),
-                error=f"{type(error).__name__}: {error}",
-                retry_in_s=round(pause, 2),
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause)
-            delay_s = min(delay_s * 2, 30.0)
     return False
 
 
 async def _wait_for_broker(settings: Settings, stop: asyncio.Event) -> bool:
-    """Wait with backoff until the broker answers; False if a stop came first."""
+    """Wait with backoff until the broker responds; False if a stop came first."""
     from aiokafka import AIOKafkaClient
 
     delay_s = 0.5
@@ -367,16 +387,13 @@ async def _wait_for_broker(settings: Settings, stop: asyncio.Event) -> bool:
             await client.bootstrap()
             return True
         except KafkaError as error:
-            pause = random.uniform(delay_s / 2, delay_s)
-            log.warning(
+            delay_s = await _pause_before_retry(
+                stop,
+                delay_s,
                 "broker unreachable; retrying",
+                error,
                 bootstrap_servers=settings.kafka.bootstrap_servers,
-                error=f"{type(error).__name__}: {error}",
-                retry_in_s=round(pause, 2),
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause)
-            delay_s = min(delay_s * 2, 30.0)
         finally:
             await client.close()
     return False

@@ -1,9 +1,9 @@
 """Redeliver records from the retry topic when they are due.
 
-The retry topic holds records whose failure master data may still fix. Each
+The retry topic contains records whose failure master data may still fix. Each
 carries `ingest.retry.due`. The consumer keeps fetching while records wait, so
-one record that is not yet due never holds back the records behind it: waiting
-records sit in memory, ordered by due time. A partition's offset is committed
+a record that is not yet due does not delay the records behind it. Waiting
+records are kept in memory, ordered by due time. A partition's offset is committed
 up to its oldest record that is still waiting or in flight, so a restart
 fetches every unsettled record again; one that was already handled is then a
 duplicate by its dedupe key.

@@ -1,1 +1,1 @@
-"""Where rejected records go: the dead-letter topic and its headers."""
+"""Routing of rejected records to the retry and dead-letter topics, and replay."""

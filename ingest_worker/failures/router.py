@@ -108,9 +108,9 @@ class FailureRouter:
                 topic, value=record.value, key=record.key, headers=headers
             )
         except (MessageSizeTooLargeError, RecordTooLargeError) as error:
-            # The broker takes no record this large. Keeping it back would
+            # The broker rejects a record this large. Keeping it back would
             # stall the partition for good, so the record goes on without its
-            # value, and the headers say what was dropped.
+            # value, and its headers record the size and hash of what was dropped.
             value = record.value or b""
             log.error(
                 "record too large for the failure topic; sending it without value",

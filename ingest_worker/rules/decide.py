@@ -58,7 +58,8 @@ def decide(
     """Accept the event or raise RecordRejected with the first failing gate.
 
     On acceptance the units and the run in `floor` are moved in memory, so the
-    next event of the same batch sees them as the database will.
+    next event of the same batch is judged against the state the database
+    will hold after the batch commits.
     """
     run = resolve_run(envelope, floor)
     version = route_version_of(run, floor)
@@ -226,8 +227,8 @@ def _check_carrier_unit(
     return unit
 
 
-# The order in which carrier gates run; a rejected carrier event reports the
-# earliest gate that any of its units failed, naming every unit that failed it.
+# The order in which carrier gates run. A rejected carrier event reports the
+# earliest gate that any of its units failed, and names every unit that failed it.
 _CARRIER_GATE_ORDER = [
     ErrorCode.UNIT_NOT_FOUND,
     ErrorCode.RUN_MISMATCH,

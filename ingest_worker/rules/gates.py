@@ -106,7 +106,7 @@ def check_run_status(run: Run, step: Step, *, carrier_event: bool = False) -> No
     A closed run is reported before authorization, because RUN_CLOSED is final
     while RUN_NOT_AUTHORIZED is retried. A PREP run is RUN_NOT_AUTHORIZED for a
     step that requires authorization and RUN_IN_PREP for any other step.
-    Carrier events need an authorized or running run whatever the step says.
+    Carrier events need an authorized or running run, whatever the step requires.
     """
     detail = {"runNo": run.run_no, "status": run.status, "stepNo": step.step_no}
     if run.status in CLOSED_RUN_STATUSES:

@@ -101,7 +101,8 @@ async def _load_versions(
     steps_by_version: dict[int, list[Step]] = {}
     for row in await connection.fetch(_STEPS_SQL, ids):
         raw_mapping = row["ingest_mapping"]
-        # The seed validated every mapping, so compiling again cannot fail.
+        # The seed validated every mapping. A mapping edited in the database by
+        # hand may still fail here; its batch then takes the defect path.
         mapping = compile_mapping(raw_mapping) if raw_mapping is not None else None
         steps_by_version.setdefault(row["route_version_id"], []).append(
             Step(

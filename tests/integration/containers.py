@@ -16,7 +16,7 @@ KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 
 
 def require_docker() -> None:
-    """Skip the calling test unless a Docker engine answers."""
+    """Skip the calling test unless a Docker engine responds."""
     try:
         import docker
 
