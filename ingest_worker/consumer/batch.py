@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,12 +23,22 @@ from ingest_worker.rules.state import ShopFloor
 from ingest_worker.settings import Settings
 from ingest_worker.storage.database import is_transient
 from ingest_worker.storage.floor import FloorLoader
-from ingest_worker.storage.writer import BatchRace, Origin, write_batch
+from ingest_worker.storage.writer import (
+    BatchPlan,
+    BatchRace,
+    Origin,
+    plan_batch,
+    store_plan,
+    write_batch,
+)
 
 log = structlog.get_logger(__name__)
 
-# Records decoded between two yields to the event loop when decoding ahead.
-_DECODE_AHEAD_CHUNK = 25
+# Records decoded or judged between two yields to the event loop when working
+# ahead of the batch being written.
+_AHEAD_CHUNK = 10
+# Batches remembered as written, to check a batch judged ahead against them.
+_WRITTEN_KEPT = 64
 
 Verdict = Literal["stored", "duplicate", "rejected"]
 
@@ -64,6 +75,31 @@ class _Work:
     memo: NormalizeMemo = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """What one committed batch changed that judging depends on."""
+
+    sequence: int
+    units: frozenset[str]
+    keys: frozenset[tuple[str, str]]
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """A batch judged while the batch before it was being written."""
+
+    work: list[_Work]
+    # Batches written up to this sequence number were visible to the reads.
+    seen: int = 0
+    # None when judging failed; the work is then judged when processed.
+    outcomes: list[RecordOutcome] | None = None
+    # The units the verdicts read, and the dedupe keys of the records.
+    units: frozenset[str] = frozenset()
+    keys: frozenset[tuple[str, str]] = frozenset()
+    # The rows of the stored verdicts, when they could be built ahead.
+    plan: BatchPlan | None = None
+
+
 def merge_in_time_order(
     fetched: dict[Any, list[ConsumerRecord[bytes, bytes]]],
 ) -> list[ConsumerRecord[bytes, bytes]]:
@@ -85,6 +121,11 @@ class BatchProcessor:
         self._loader = FloorLoader()
         self._topic_types = settings.topics.input_topics()
         self._ahead: dict[tuple[str, int, int], _Work] = {}
+        self._judged_ahead: _Ahead | None = None
+        # One batch at a time reads the floor and is judged. Writes overlap.
+        self._judging = asyncio.Lock()
+        self._written: deque[_Written] = deque(maxlen=_WRITTEN_KEPT)
+        self._sequence = 0
 
     async def process(
         self, records: Iterable[ConsumerRecord[bytes, bytes]]
@@ -96,9 +137,12 @@ class BatchProcessor:
         is a defect: the batch is written again one record at a time, so only
         the records that trip it are rejected with INGEST_INTERNAL_ERROR.
         """
-        work = [self._decoded_work(record) for record in records]
+        records = list(records)
+        work, judged = self._take_ahead(records)
+        if work is None:
+            work = [self._decoded_work(record) for record in records]
         try:
-            return await self._process_guarded(work)
+            return await self._process_guarded(work, judged)
         except _Defect:
             if len(work) == 1:
                 return [_internal_error(work[0])]
@@ -111,10 +155,12 @@ class BatchProcessor:
                 outcomes.append(_internal_error(item))
         return outcomes
 
-    async def _process_guarded(self, work: list[_Work]) -> list[RecordOutcome]:
+    async def _process_guarded(
+        self, work: list[_Work], judged: _Ahead | None = None
+    ) -> list[RecordOutcome]:
         """Process the work; sort every failure into transient or defect."""
         try:
-            return await self._process_work(work)
+            return await self._process_work(work, judged)
         except InfrastructureError:
             raise
         except Exception as error:
@@ -131,11 +177,16 @@ class BatchProcessor:
             )
             raise _Defect from error
 
-    async def _process_work(self, work: list[_Work]) -> list[RecordOutcome]:
+    async def _process_work(
+        self, work: list[_Work], judged: _Ahead | None
+    ) -> list[RecordOutcome]:
         conflicted: set[int] = set()
         attempts = self._settings.conflict_attempts
         for attempt in range(1, attempts + 2):
             try:
+                if judged is not None:
+                    ahead, judged = judged, None
+                    return await self._write_judged(ahead)
                 return await self._attempt(work, conflicted)
             except BatchRace as race:
                 log.info(
@@ -161,8 +212,8 @@ class BatchProcessor:
         decode. Only the latest batch decoded ahead is kept.
         """
         ahead: dict[tuple[str, int, int], _Work] = {}
-        for start in range(0, len(records), _DECODE_AHEAD_CHUNK):
-            for record in records[start : start + _DECODE_AHEAD_CHUNK]:
+        for start in range(0, len(records), _AHEAD_CHUNK):
+            for record in records[start : start + _AHEAD_CHUNK]:
                 ahead[_position(record)] = self._decode(record)
             await asyncio.sleep(0)
         self._ahead = ahead
@@ -194,27 +245,174 @@ class BatchProcessor:
             return _Work(record, None, error)
         return _Work(record, envelope, None)
 
+    async def judge_ahead(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Read and judge records that the next `process` call will take.
+
+        It runs while the batch before them is written, so the worker's work
+        on one batch overlaps the database's work on the other. Judging waits
+        for its turn, and the reads happen outside any transaction, as a
+        second worker's would. `process` keeps the verdicts unless a batch
+        written since the reads changed a unit or a dedupe key that they
+        depend on. In that case, or if anything here fails, `process` judges
+        the records again.
+        """
+        self._judged_ahead = None
+        if not records:
+            return
+        work = [self._decoded_work(record) for record in records]
+        ahead = _Ahead(work)
+        try:
+            async with self._pool.acquire() as connection:
+                async with self._judging:
+                    ahead.seen = self._sequence
+                    outcomes, floor = await self._read_and_judge(
+                        connection, work, set(), pace=True
+                    )
+                stored = [
+                    (outcome.accepted, _origin(outcome.record))
+                    for outcome in outcomes
+                    if outcome.accepted
+                ]
+                if stored:
+                    ahead.plan = await plan_batch(
+                        connection, stored, datetime.now(UTC), ahead=True
+                    )
+        except Exception as error:
+            log.info(
+                "judging ahead failed; the records are judged when processed",
+                error=repr(error),
+                first=_position(records[0]),
+                records=len(records),
+            )
+        else:
+            ahead.outcomes = outcomes
+            ahead.units = frozenset(floor.units)
+            ahead.keys = frozenset(
+                (item.envelope.source_system, item.envelope.dedupe_key)
+                for item in work
+                if item.envelope is not None
+            )
+        self._judged_ahead = ahead
+
+    def _take_ahead(
+        self, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> tuple[list[_Work] | None, _Ahead | None]:
+        """Return the work done ahead for these records, and the verdicts if valid."""
+        ahead = self._judged_ahead
+        if ahead is None or len(ahead.work) != len(records):
+            return None, None
+        if any(
+            item.record is not record
+            for item, record in zip(ahead.work, records, strict=True)
+        ):
+            # Records of another caller, such as the retry consumer.
+            return None, None
+        self._judged_ahead = None
+        if ahead.outcomes is None:
+            return ahead.work, None
+        if self._written and self._written[0].sequence > ahead.seen + 1:
+            # More batches were written since than are remembered.
+            return ahead.work, None
+        for written in self._written:
+            if written.sequence > ahead.seen and (
+                not written.units.isdisjoint(ahead.units)
+                or not written.keys.isdisjoint(ahead.keys)
+            ):
+                log.debug("a batch judged ahead is judged again", reason="overlap")
+                return ahead.work, None
+        return ahead.work, ahead
+
     async def _attempt(
         self, work: list[_Work], conflicted: set[int]
     ) -> list[RecordOutcome]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            async with self._judging:
+                outcomes, _ = await self._read_and_judge(connection, work, conflicted)
+            documents = await self._write(connection, outcomes)
+        self._remember(outcomes, documents)
+        return outcomes
+
+    async def _write_judged(self, ahead: _Ahead) -> list[RecordOutcome]:
+        outcomes = ahead.outcomes
+        assert outcomes is not None
+        async with self._pool.acquire() as connection, connection.transaction():
+            if ahead.plan is not None:
+                documents = await store_plan(connection, ahead.plan)
+            else:
+                documents = await self._write(connection, outcomes)
+        self._remember(outcomes, documents)
+        return outcomes
+
+    async def _read_and_judge(
+        self,
+        connection: asyncpg.Connection,
+        work: list[_Work],
+        conflicted: set[int],
+        pace: bool = False,
+    ) -> tuple[list[RecordOutcome], ShopFloor]:
+        """Judge the work against the current floor state in the database.
+
+        With `pace`, the event loop gets a turn every few records, so a batch
+        being written meanwhile sends its statements without waiting.
+        """
         decoded = [item for item in work if item.envelope is not None]
         for item in decoded:
             item.memo.clear()
-        async with self._pool.acquire() as connection, connection.transaction():
-            known = await self._known_hashes(connection, decoded)
-            floor = await self._loader.load(
-                connection, [(item.envelope, item.memo) for item in decoded]
+        known = await self._known_hashes(connection, decoded)
+        floor = await self._loader.load(
+            connection,
+            [(item.envelope, item.memo) for item in decoded],
+            pace=pace,
+        )
+        outcomes: list[RecordOutcome] = []
+        for start in range(0, len(work), _AHEAD_CHUNK):
+            outcomes.extend(
+                self._judge(item, known, floor, conflicted)
+                for item in work[start : start + _AHEAD_CHUNK]
             )
-            outcomes = [self._judge(item, known, floor, conflicted) for item in work]
-            stored = [outcome for outcome in outcomes if outcome.accepted]
-            documents = await write_batch(
-                connection,
-                [(outcome.accepted, _origin(outcome.record)) for outcome in stored],
-                datetime.now(UTC),
-            )
+            if pace:
+                await asyncio.sleep(0)
+        return outcomes, floor
+
+    @staticmethod
+    async def _write(
+        connection: asyncpg.Connection, outcomes: list[RecordOutcome]
+    ) -> list[dict[str, Any]]:
+        return await write_batch(
+            connection,
+            [
+                (outcome.accepted, _origin(outcome.record))
+                for outcome in outcomes
+                if outcome.accepted
+            ],
+            datetime.now(UTC),
+        )
+
+    def _remember(
+        self, outcomes: list[RecordOutcome], documents: list[dict[str, Any]]
+    ) -> None:
+        """Attach the stored documents and note what the committed batch changed."""
+        stored = [outcome for outcome in outcomes if outcome.accepted]
         for outcome, document in zip(stored, documents, strict=True):
             outcome.document = document
-        return outcomes
+        if not stored:
+            return
+        self._sequence += 1
+        self._written.append(
+            _Written(
+                self._sequence,
+                frozenset(
+                    move.unit.sn
+                    for outcome in stored
+                    for move in outcome.accepted.moves  # type: ignore[union-attr]
+                ),
+                frozenset(
+                    (outcome.envelope.source_system, outcome.envelope.dedupe_key)
+                    for outcome in stored
+                    if outcome.envelope is not None
+                ),
+            )
+        )
 
     def _judge(
         self,

@@ -182,6 +182,7 @@ class Worker:
         async with self.cycle_lock:
             started = time.perf_counter()
             processing = asyncio.create_task(self.process_until_done(records))
+            ahead: asyncio.Task[None] | None = None
             try:
                 try:
                     # Let the batch take its decoded records and reach the
@@ -189,8 +190,15 @@ class Worker:
                     await asyncio.sleep(0)
                     self._prefetched = await self._fetch(0)
                     await self.processor.decode_ahead(self._prefetched)
+                    ahead = asyncio.create_task(
+                        self.processor.judge_ahead(self._prefetched)
+                    )
                 finally:
-                    outcomes = await processing
+                    try:
+                        outcomes = await processing
+                    finally:
+                        await self._finish_ahead(ahead, processing)
+                written = time.perf_counter()
                 await self.settle(outcomes, self._commit)
             except WorkerStopping:
                 log.info(
@@ -207,9 +215,26 @@ class Worker:
                 "batch settled",
                 records=len(records),
                 duration_ms=round(duration_s * 1000, 1),
+                settle_ms=round((time.perf_counter() - written) * 1000, 1),
                 **dict(verdicts),
             )
         return len(records)
+
+    async def _finish_ahead(
+        self, ahead: asyncio.Task[None] | None, processing: asyncio.Task[Any]
+    ) -> None:
+        """Wait for the next batch's judging, unless the worker stops or failed."""
+        if ahead is None:
+            return
+        failed = (
+            not processing.done()
+            or processing.cancelled()
+            or processing.exception() is not None
+        )
+        if failed or self._stop.is_set():
+            ahead.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ahead
 
     async def process_until_done(
         self, records: list[ConsumerRecord[bytes, bytes]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import asyncpg
@@ -28,6 +29,9 @@ from ingest_worker.rules.state import (
 )
 
 log = structlog.get_logger(__name__)
+
+# Envelopes normalized between two turns of the event loop when pacing.
+_PACE_CHUNK = 10
 
 _UNITS_SQL = """
 SELECT u.id, u.sn, u.run_id, u.status, u.current_step_no, u.version,
@@ -153,11 +157,13 @@ class FloorLoader:
         self,
         connection: asyncpg.Connection,
         work: list[tuple[Envelope, NormalizeMemo]],
+        pace: bool = False,
     ) -> ShopFloor:
         """Load runs, units, route versions, stations and data specs.
 
         Each envelope's memo receives its normalized forms, which the rules
-        reuse instead of normalizing again.
+        reuse instead of normalizing again. With `pace`, the event loop gets a
+        turn every few envelopes while they are normalized.
         """
         floor = ShopFloor()
         envelopes = [env for env, _ in work]
@@ -185,12 +191,16 @@ class FloorLoader:
         for version in floor.route_versions.values():
             for step in version.steps:
                 specs.update(step.data_specs)
-        for normalized in _candidate_normalizations(work, floor):
-            if normalized.stationCode:
-                stations.add(normalized.stationCode)
-            if normalized.sn:
-                more_serials.add(normalized.sn)
-            more_serials.update(normalized.snList)
+        for start in range(0, len(work), _PACE_CHUNK):
+            chunk = work[start : start + _PACE_CHUNK]
+            for normalized in _candidate_normalizations(chunk, floor):
+                if normalized.stationCode:
+                    stations.add(normalized.stationCode)
+                if normalized.sn:
+                    more_serials.add(normalized.sn)
+                more_serials.update(normalized.snList)
+            if pace:
+                await asyncio.sleep(0)
         await self._load_units(connection, floor, more_serials - floor.units.keys())
         missing_versions = floor.runs_by_id.keys() - floor.route_versions.keys()
         if missing_versions:

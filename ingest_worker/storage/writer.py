@@ -5,6 +5,11 @@ The steps, each safe because the whole batch commits or rolls back together:
 1. Allocate the ids of events, tracks and carrier tracks in one query, so every
    row and every link can be built before anything is inserted.
 2. Upsert the carriers that BATCH events name and learn their ids.
+
+Steps 1 and 2 build a `BatchPlan` (`plan_batch`). They can also run ahead,
+outside the transaction, when every carrier exists already. The remaining
+steps store the plan (`store_plan`):
+
 3. Insert the ingest events with ON CONFLICT DO NOTHING. A missing row means
    another worker stored that dedupe key after this batch was judged, so the
    batch is judged again (`BatchRace`).
@@ -17,6 +22,7 @@ The steps, each safe because the whole batch commits or rolls back together:
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +35,9 @@ from ingest_worker.outbox.records import OUTBOX_COLUMNS, outbox_row
 from ingest_worker.rules.decide import Accepted
 
 NORMALIZED_SCHEMA = "mes.ingest.normalized/v1"
+
+# Events planned between two turns of the event loop when planning ahead.
+_PACE_EVENTS = 10
 
 
 class BatchRace(Exception):
@@ -56,6 +65,18 @@ class _Rows:
     values: list[tuple[Any, ...]] = field(default_factory=list)
     loads: list[tuple[int, int, list[int], datetime]] = field(default_factory=list)
 
+
+@dataclass(slots=True)
+class BatchPlan:
+    """The rows of a batch of accepted events, with their ids, ready to store."""
+
+    accepted: list[tuple[Accepted, Origin]]
+    rows: _Rows
+    documents: list[dict[str, Any]]
+    outbox: list[tuple[Any, ...]]
+
+
+_CARRIER_IDS_SQL = "SELECT id, code FROM carrier WHERE code = ANY($1::text[])"
 
 _ALLOCATE_SQL = """
 SELECT array(SELECT nextval('ingest_event_id_seq') FROM generate_series(1, $1)),
@@ -250,32 +271,54 @@ async def write_batch(
     """
     if not accepted:
         return []
+    plan = await plan_batch(connection, accepted, received_at)
+    assert plan is not None
+    return await store_plan(connection, plan)
+
+
+async def plan_batch(
+    connection: asyncpg.Connection,
+    accepted: list[tuple[Accepted, Origin]],
+    received_at: datetime,
+    *,
+    ahead: bool = False,
+) -> BatchPlan | None:
+    """Allocate ids and build every row and normalized document of the batch.
+
+    Inside the writing transaction, missing carriers are created. With
+    `ahead`, nothing is written: the plan is None if a carrier is missing, and
+    the event loop gets a turn every few events. Ids taken by a plan that is
+    never stored are simply skipped.
+    """
     carrier_events = [a for a, _ in accepted if a.envelope.event_type == "BATCH"]
     track_count = sum(len(a.moves) for a, _ in accepted)
 
-    # Step 1: ids for every row that others link to.
+    carrier_ids: dict[str, int] = {}
+    if carrier_events:
+        codes = list({a.normalized.carrierCode or "" for a in carrier_events})
+        sql = _CARRIER_IDS_SQL if ahead else _CARRIERS_SQL
+        for row in await connection.fetch(sql, codes):
+            carrier_ids[row["code"]] = row["id"]
+        if len(carrier_ids) != len(codes):
+            return None
     event_ids, track_ids, carrier_track_ids = await connection.fetchrow(
         _ALLOCATE_SQL, len(accepted), track_count, len(carrier_events)
     )
-    # Step 2: carriers.
-    carrier_ids: dict[str, int] = {}
-    if carrier_events:
-        codes = [a.normalized.carrierCode for a in carrier_events]
-        for row in await connection.fetch(_CARRIERS_SQL, codes):
-            carrier_ids[row["code"]] = row["id"]
 
-    rows = _Rows()
-    documents: list[dict[str, Any]] = []
-    serialized: list[bytes] = []
+    plan = BatchPlan(accepted, _Rows(), [], [])
+    rows = plan.rows
     next_track = iter(track_ids)
     next_carrier_track = iter(carrier_track_ids)
-    for (item, origin), event_id in zip(accepted, event_ids, strict=True):
+    for count, ((item, origin), event_id) in enumerate(
+        zip(accepted, event_ids, strict=True), start=1
+    ):
         links = _build_rows(
             item, event_id, next_track, next_carrier_track, carrier_ids, rows
         )
         document = normalized_document(item, event_id, received_at, links)
-        documents.append(document)
-        serialized.append(orjson.dumps(document))
+        serialized = orjson.dumps(document)
+        plan.documents.append(document)
+        plan.outbox.append(outbox_row(document, serialized))
         envelope = item.envelope
         normalized = item.normalized
         rows.events.append(
@@ -298,7 +341,7 @@ async def write_batch(
                 normalized.result,
                 normalized.testResultId,
                 _json(envelope.document),
-                serialized[-1].decode(),
+                serialized.decode(),
                 _json(item.summary),
                 _json(links),
                 origin.topic,
@@ -306,6 +349,17 @@ async def write_batch(
                 origin.offset,
             )
         )
+        if ahead and count % _PACE_EVENTS == 0:
+            await asyncio.sleep(0)
+    return plan
+
+
+async def store_plan(
+    connection: asyncpg.Connection, plan: BatchPlan
+) -> list[dict[str, Any]]:
+    """Insert the planned rows and move the units, in the caller's transaction."""
+    rows = plan.rows
+    accepted = plan.accepted
 
     # Step 3: the events; a conflict here means another worker stored one.
     stored = await connection.fetch(_EVENTS_SQL, *_columns(rows.events, 24))
@@ -332,12 +386,8 @@ async def write_batch(
         await _copy(connection, "data_value", rows.values, _VALUE_COLUMNS)
 
     # Step 7: the normalized events for downstream, in the same transaction.
-    outbox = [
-        outbox_row(document, value)
-        for document, value in zip(documents, serialized, strict=True)
-    ]
-    await _copy(connection, "outbox", outbox, OUTBOX_COLUMNS)
-    return documents
+    await _copy(connection, "outbox", plan.outbox, OUTBOX_COLUMNS)
+    return plan.documents
 
 
 def _build_rows(

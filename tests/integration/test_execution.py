@@ -759,8 +759,8 @@ class _MeetingLoader(FloorLoader):
         super().__init__()
         self._met = False
 
-    async def load(self, connection: Any, work: Any) -> Any:
-        floor = await super().load(connection, work)
+    async def load(self, connection: Any, work: Any, **options: Any) -> Any:
+        floor = await super().load(connection, work, **options)
         type(self).loads += 1
         if not self._met:
             self._met = True
@@ -862,9 +862,9 @@ async def test_unit_changing_meanwhile_is_conflict(
     class ChangingLoader(FloorLoader):
         """Lets another writer change SN-2026-01001 after every load."""
 
-        async def load(self, connection: Any, work: Any) -> Any:
+        async def load(self, connection: Any, work: Any, **options: Any) -> Any:
             nonlocal loads
-            floor = await super().load(connection, work)
+            floor = await super().load(connection, work, **options)
             loads += 1
             writer = await connect(database_url)
             try:
@@ -904,3 +904,169 @@ async def test_unit_changing_meanwhile_is_conflict(
     assert [row["sn"] for row in tracks] == ["SN-2026-01002"]
     counts = await row_counts(database_url)
     assert counts["ingest_event"] == 1
+
+
+class _CountingLoader(FloorLoader):
+    """Counts floor loads, one per judging of a batch."""
+
+    loads = 0
+
+    async def load(self, connection: Any, work: Any, **options: Any) -> Any:
+        type(self).loads += 1
+        return await super().load(connection, work, **options)
+
+
+@pytest.fixture
+def counting_loader(monkeypatch: pytest.MonkeyPatch) -> type[_CountingLoader]:
+    loader = type("CountingLoader", (_CountingLoader,), {"loads": 0})
+    monkeypatch.setattr(batch_module, "FloorLoader", loader)
+    return loader
+
+
+async def judged_ahead(
+    processor: BatchProcessor,
+    settings: Settings,
+    envelopes: list[dict[str, Any]],
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Judge the envelopes ahead and return the records to process later."""
+    records = [
+        consumer_record(settings, envelope, next(_offsets)) for envelope in envelopes
+    ]
+    await processor.judge_ahead(records)
+    return records
+
+
+async def test_judged_ahead_kept_when_disjoint(
+    settings: Settings, counting_loader: type[_CountingLoader]
+) -> None:
+    database_url = settings.require_database_url()
+    await seed_sample(database_url)
+    spi = sample_envelopes("10-spi.jsonl")
+    pool = await create_pool(database_url)
+    try:
+        processor = BatchProcessor(pool, settings)
+        later = await judged_ahead(processor, settings, [spi[1]])
+        first = await process(processor, settings, [spi[0]])
+        second = await processor.process(later)
+    finally:
+        await pool.close()
+
+    # The second batch touches another unit, so its early verdict stands.
+    assert counting_loader.loads == 2
+    assert [outcome.verdict for outcome in first + second] == ["stored", "stored"]
+    assert second[0].document is not None
+    states = await unit_states(database_url)
+    assert states["SN-2026-01001"] == ("QUEUED", 20, 1)
+    assert states["SN-2026-01002"] == ("QUEUED", 20, 1)
+    counts = await row_counts(database_url)
+    assert (counts["ingest_event"], counts["track"], counts["data_value"]) == (2, 2, 4)
+    outbox = await fetch_all(database_url, "SELECT ingest_event_id FROM outbox")
+    events = await fetch_all(database_url, "SELECT id FROM ingest_event")
+    assert sorted(row["ingest_event_id"] for row in outbox) == sorted(
+        row["id"] for row in events
+    )
+
+
+async def test_judged_ahead_redone_after_unit_moved(
+    settings: Settings, counting_loader: type[_CountingLoader]
+) -> None:
+    database_url = settings.require_database_url()
+    await seed_sample(database_url)
+    spi = sample_envelopes("10-spi.jsonl")
+    aoi = sample_envelopes("20-aoi.jsonl")
+    pool = await create_pool(database_url)
+    try:
+        processor = BatchProcessor(pool, settings)
+        # Judged now, the inspection of SN-2026-01001 finds it still at 10.
+        later = await judged_ahead(processor, settings, [aoi[0], spi[1]])
+        first = await process(processor, settings, [spi[0]])
+        second = await processor.process(later)
+    finally:
+        await pool.close()
+
+    # The first batch moved the unit that the early verdicts read, so the
+    # second batch was judged again and found it at step 20.
+    assert counting_loader.loads == 3
+    assert first[0].verdict == "stored"
+    assert [outcome.verdict for outcome in second] == ["stored", "stored"]
+    states = await unit_states(database_url)
+    assert states["SN-2026-01001"] == ("QUEUED", 30, 2)
+    assert states["SN-2026-01002"] == ("QUEUED", 20, 1)
+
+
+async def test_judged_ahead_redone_after_same_key(
+    settings: Settings, counting_loader: type[_CountingLoader]
+) -> None:
+    database_url = settings.require_database_url()
+    await seed_sample(database_url)
+    spi = sample_envelopes("10-spi.jsonl")
+    pool = await create_pool(database_url)
+    try:
+        processor = BatchProcessor(pool, settings)
+        later = await judged_ahead(processor, settings, [spi[0]])
+        first = await process(processor, settings, [spi[0]])
+        second = await processor.process(later)
+    finally:
+        await pool.close()
+
+    assert counting_loader.loads == 3
+    assert first[0].verdict == "stored"
+    assert second[0].verdict == "duplicate"
+    counts = await row_counts(database_url)
+    assert (counts["ingest_event"], counts["track"]) == (1, 1)
+
+
+async def test_judged_ahead_races_other_writer(
+    settings: Settings, counting_loader: type[_CountingLoader]
+) -> None:
+    database_url = settings.require_database_url()
+    await seed_sample(database_url)
+    spi = sample_envelopes("10-spi.jsonl")
+    pool = await create_pool(database_url)
+    try:
+        processor = BatchProcessor(pool, settings)
+        later = await judged_ahead(processor, settings, [spi[0]])
+        # Another worker changes the unit after the early verdict.
+        writer = await connect(database_url)
+        try:
+            await writer.execute(
+                "UPDATE unit SET version = version + 1 WHERE sn = $1",
+                "SN-2026-01001",
+            )
+        finally:
+            await writer.close()
+        outcomes = await processor.process(later)
+    finally:
+        await pool.close()
+
+    # The conditional move caught the change, and the batch was judged again.
+    assert counting_loader.loads == 2
+    assert outcomes[0].verdict == "stored"
+    states = await unit_states(database_url)
+    assert states["SN-2026-01001"] == ("QUEUED", 20, 2)
+    counts = await row_counts(database_url)
+    assert (counts["ingest_event"], counts["track"]) == (1, 1)
+    outbox = await fetch_all(database_url, "SELECT count(*) AS n FROM outbox")
+    assert outbox[0]["n"] == 1
+
+
+async def test_judged_ahead_unused_for_other_records(
+    settings: Settings, counting_loader: type[_CountingLoader]
+) -> None:
+    database_url = settings.require_database_url()
+    await seed_sample(database_url)
+    spi = sample_envelopes("10-spi.jsonl")
+    pool = await create_pool(database_url)
+    try:
+        processor = BatchProcessor(pool, settings)
+        await judged_ahead(processor, settings, [spi[0], spi[1]])
+        # A rebalance took one partition's records away: other records come.
+        outcomes = await process(processor, settings, [spi[1]])
+    finally:
+        await pool.close()
+
+    assert counting_loader.loads == 2
+    assert outcomes[0].verdict == "stored"
+    states = await unit_states(database_url)
+    assert states["SN-2026-01001"] == ("QUEUED", 10, 0)
+    assert states["SN-2026-01002"] == ("QUEUED", 20, 1)
