@@ -923,38 +923,39 @@ def counting_loader(monkeypatch: pytest.MonkeyPatch) -> type[_CountingLoader]:
     return loader
 
 
-async def judged_ahead(
-    processor: BatchProcessor,
+async def write_between(
     settings: Settings,
-    envelopes: list[dict[str, Any]],
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Judge the envelopes ahead and return the records to process later."""
-    records = [
-        consumer_record(settings, envelope, next(_offsets)) for envelope in envelopes
-    ]
-    await processor.judge_ahead(records)
-    return records
+    ahead: list[dict[str, Any]],
+    between: list[dict[str, Any]],
+) -> tuple[list[RecordOutcome], list[RecordOutcome]]:
+    """Judge `ahead` early, process `between`, then process `ahead`."""
+    database_url = settings.require_database_url()
+    await seed_sample(database_url)
+    pool = await create_pool(database_url)
+    try:
+        processor = BatchProcessor(pool, settings)
+        later = [
+            consumer_record(settings, envelope, next(_offsets)) for envelope in ahead
+        ]
+        await processor.judge_ahead(later)
+        first = await process(processor, settings, between)
+        second = await processor.process(later)
+    finally:
+        await pool.close()
+    return first, second
 
 
 async def test_judged_ahead_kept_when_disjoint(
     settings: Settings, counting_loader: type[_CountingLoader]
 ) -> None:
-    database_url = settings.require_database_url()
-    await seed_sample(database_url)
     spi = sample_envelopes("10-spi.jsonl")
-    pool = await create_pool(database_url)
-    try:
-        processor = BatchProcessor(pool, settings)
-        later = await judged_ahead(processor, settings, [spi[1]])
-        first = await process(processor, settings, [spi[0]])
-        second = await processor.process(later)
-    finally:
-        await pool.close()
+    first, second = await write_between(settings, [spi[1]], [spi[0]])
 
     # The second batch touches another unit, so its early verdict stands.
     assert counting_loader.loads == 2
     assert [outcome.verdict for outcome in first + second] == ["stored", "stored"]
     assert second[0].document is not None
+    database_url = settings.require_database_url()
     states = await unit_states(database_url)
     assert states["SN-2026-01001"] == ("QUEUED", 20, 1)
     assert states["SN-2026-01002"] == ("QUEUED", 20, 1)
@@ -970,26 +971,17 @@ async def test_judged_ahead_kept_when_disjoint(
 async def test_judged_ahead_redone_after_unit_moved(
     settings: Settings, counting_loader: type[_CountingLoader]
 ) -> None:
-    database_url = settings.require_database_url()
-    await seed_sample(database_url)
     spi = sample_envelopes("10-spi.jsonl")
     aoi = sample_envelopes("20-aoi.jsonl")
-    pool = await create_pool(database_url)
-    try:
-        processor = BatchProcessor(pool, settings)
-        # Judged now, the inspection of SN-2026-01001 finds it still at 10.
-        later = await judged_ahead(processor, settings, [aoi[0], spi[1]])
-        first = await process(processor, settings, [spi[0]])
-        second = await processor.process(later)
-    finally:
-        await pool.close()
+    # Judged early, the inspection of SN-2026-01001 finds it still at 10.
+    first, second = await write_between(settings, [aoi[0], spi[1]], [spi[0]])
 
     # The first batch moved the unit that the early verdicts read, so the
     # second batch was judged again and found it at step 20.
     assert counting_loader.loads == 3
     assert first[0].verdict == "stored"
     assert [outcome.verdict for outcome in second] == ["stored", "stored"]
-    states = await unit_states(database_url)
+    states = await unit_states(settings.require_database_url())
     assert states["SN-2026-01001"] == ("QUEUED", 30, 2)
     assert states["SN-2026-01002"] == ("QUEUED", 20, 1)
 
@@ -997,22 +989,13 @@ async def test_judged_ahead_redone_after_unit_moved(
 async def test_judged_ahead_redone_after_same_key(
     settings: Settings, counting_loader: type[_CountingLoader]
 ) -> None:
-    database_url = settings.require_database_url()
-    await seed_sample(database_url)
     spi = sample_envelopes("10-spi.jsonl")
-    pool = await create_pool(database_url)
-    try:
-        processor = BatchProcessor(pool, settings)
-        later = await judged_ahead(processor, settings, [spi[0]])
-        first = await process(processor, settings, [spi[0]])
-        second = await processor.process(later)
-    finally:
-        await pool.close()
+    first, second = await write_between(settings, [spi[0]], [spi[0]])
 
     assert counting_loader.loads == 3
     assert first[0].verdict == "stored"
     assert second[0].verdict == "duplicate"
-    counts = await row_counts(database_url)
+    counts = await row_counts(settings.require_database_url())
     assert (counts["ingest_event"], counts["track"]) == (1, 1)
 
 
@@ -1025,7 +1008,8 @@ async def test_judged_ahead_races_other_writer(
     pool = await create_pool(database_url)
     try:
         processor = BatchProcessor(pool, settings)
-        later = await judged_ahead(processor, settings, [spi[0]])
+        later = [consumer_record(settings, spi[0], next(_offsets))]
+        await processor.judge_ahead(later)
         # Another worker changes the unit after the early verdict.
         writer = await connect(database_url)
         try:
@@ -1059,7 +1043,10 @@ async def test_judged_ahead_unused_for_other_records(
     pool = await create_pool(database_url)
     try:
         processor = BatchProcessor(pool, settings)
-        await judged_ahead(processor, settings, [spi[0], spi[1]])
+        early = [
+            consumer_record(settings, envelope, next(_offsets)) for envelope in spi[:2]
+        ]
+        await processor.judge_ahead(early)
         # A rebalance took one partition's records away: other records come.
         outcomes = await process(processor, settings, [spi[1]])
     finally:
