@@ -11,6 +11,7 @@ import asyncio
 import copy
 import itertools
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -923,35 +924,56 @@ def counting_loader(monkeypatch: pytest.MonkeyPatch) -> type[_CountingLoader]:
     return loader
 
 
+Between = Callable[[BatchProcessor], Awaitable[list[RecordOutcome]]]
+
+
 async def write_between(
     settings: Settings,
     ahead: list[dict[str, Any]],
-    between: list[dict[str, Any]],
+    between: Between,
+    later: list[dict[str, Any]] | None = None,
 ) -> tuple[list[RecordOutcome], list[RecordOutcome]]:
-    """Judge `ahead` early, process `between`, then process `ahead`."""
+    """Judge `ahead` early, run `between`, then process the records of `ahead`.
+
+    With `later`, records of those envelopes are processed instead.
+    """
     database_url = settings.require_database_url()
     await seed_sample(database_url)
     pool = await create_pool(database_url)
     try:
         processor = BatchProcessor(pool, settings)
-        later = [
+        early = [
             consumer_record(settings, envelope, next(_offsets)) for envelope in ahead
         ]
-        await processor.judge_ahead(later)
-        first = await process(processor, settings, between)
-        second = await processor.process(later)
+        await processor.judge_ahead(early)
+        first = await between(processor)
+        if later is None:
+            second = await processor.process(early)
+        else:
+            second = await process(processor, settings, later)
     finally:
         await pool.close()
     return first, second
+
+
+def processing(settings: Settings, envelopes: list[dict[str, Any]]) -> Between:
+    """Return a step that processes the envelopes as one batch."""
+
+    async def step(processor: BatchProcessor) -> list[RecordOutcome]:
+        return await process(processor, settings, envelopes)
+
+    return step
 
 
 async def test_judged_ahead_kept_when_disjoint(
     settings: Settings, counting_loader: type[_CountingLoader]
 ) -> None:
     spi = sample_envelopes("10-spi.jsonl")
-    first, second = await write_between(settings, [spi[1]], [spi[0]])
+    first, second = await write_between(
+        settings, [spi[1]], processing(settings, [spi[0]])
+    )
 
-    # The second batch touches another unit, so its early verdict stands.
+    # The second batch touches another unit, so its early verdict is kept.
     assert counting_loader.loads == 2
     assert [outcome.verdict for outcome in first + second] == ["stored", "stored"]
     assert second[0].document is not None
@@ -974,7 +996,9 @@ async def test_judged_ahead_redone_after_unit_moved(
     spi = sample_envelopes("10-spi.jsonl")
     aoi = sample_envelopes("20-aoi.jsonl")
     # Judged early, the inspection of SN-2026-01001 finds it still at 10.
-    first, second = await write_between(settings, [aoi[0], spi[1]], [spi[0]])
+    first, second = await write_between(
+        settings, [aoi[0], spi[1]], processing(settings, [spi[0]])
+    )
 
     # The first batch moved the unit that the early verdicts read, so the
     # second batch was judged again and found it at step 20.
@@ -990,7 +1014,9 @@ async def test_judged_ahead_redone_after_same_key(
     settings: Settings, counting_loader: type[_CountingLoader]
 ) -> None:
     spi = sample_envelopes("10-spi.jsonl")
-    first, second = await write_between(settings, [spi[0]], [spi[0]])
+    first, second = await write_between(
+        settings, [spi[0]], processing(settings, [spi[0]])
+    )
 
     assert counting_loader.loads == 3
     assert first[0].verdict == "stored"
@@ -1003,14 +1029,8 @@ async def test_judged_ahead_races_other_writer(
     settings: Settings, counting_loader: type[_CountingLoader]
 ) -> None:
     database_url = settings.require_database_url()
-    await seed_sample(database_url)
-    spi = sample_envelopes("10-spi.jsonl")
-    pool = await create_pool(database_url)
-    try:
-        processor = BatchProcessor(pool, settings)
-        later = [consumer_record(settings, spi[0], next(_offsets))]
-        await processor.judge_ahead(later)
-        # Another worker changes the unit after the early verdict.
+
+    async def other_worker_moves(processor: BatchProcessor) -> list[RecordOutcome]:
         writer = await connect(database_url)
         try:
             await writer.execute(
@@ -1019,9 +1039,10 @@ async def test_judged_ahead_races_other_writer(
             )
         finally:
             await writer.close()
-        outcomes = await processor.process(later)
-    finally:
-        await pool.close()
+        return []
+
+    spi = sample_envelopes("10-spi.jsonl")
+    _, outcomes = await write_between(settings, [spi[0]], other_worker_moves)
 
     # The conditional move caught the change, and the batch was judged again.
     assert counting_loader.loads == 2
@@ -1037,23 +1058,15 @@ async def test_judged_ahead_races_other_writer(
 async def test_judged_ahead_unused_for_other_records(
     settings: Settings, counting_loader: type[_CountingLoader]
 ) -> None:
-    database_url = settings.require_database_url()
-    await seed_sample(database_url)
+    async def nothing(processor: BatchProcessor) -> list[RecordOutcome]:
+        return []
+
     spi = sample_envelopes("10-spi.jsonl")
-    pool = await create_pool(database_url)
-    try:
-        processor = BatchProcessor(pool, settings)
-        early = [
-            consumer_record(settings, envelope, next(_offsets)) for envelope in spi[:2]
-        ]
-        await processor.judge_ahead(early)
-        # A rebalance took one partition's records away: other records come.
-        outcomes = await process(processor, settings, [spi[1]])
-    finally:
-        await pool.close()
+    # After a rebalance, the worker processes other records than it judged.
+    _, outcomes = await write_between(settings, spi[:2], nothing, later=[spi[1]])
 
     assert counting_loader.loads == 2
     assert outcomes[0].verdict == "stored"
-    states = await unit_states(database_url)
+    states = await unit_states(settings.require_database_url())
     assert states["SN-2026-01001"] == ("QUEUED", 10, 0)
     assert states["SN-2026-01002"] == ("QUEUED", 20, 1)
