@@ -1,7 +1,8 @@
-"""Strict JSON decoding: the nesting check agrees with the parsed document."""
+"""Strict JSON decoding: nesting, repeated keys, agreement with the standard parser."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -84,3 +85,75 @@ def test_limits_of_exact_integers() -> None:
 
 def test_surrogate_pair_accepted() -> None:
     assert load_object(b'{"a": "\\ud83d\\ude00"}', 64) == {"a": "\U0001f600"}
+
+
+def with_repeated_key(node: Any, depth: int) -> bytes | None:
+    """Serialize the node with a key repeated, up to `depth` levels down.
+
+    The object reached by following first children repeats its first key.
+    Returns None when no non-empty object is found that way.
+    """
+    if isinstance(node, dict) and node:
+        items = list(node.items())
+        if depth > 0 and isinstance(items[0][1], (dict, list)):
+            inner = with_repeated_key(items[0][1], depth - 1)
+            if inner is not None:
+                rest = b"".join(
+                    b"," + orjson.dumps(key) + b":" + orjson.dumps(child)
+                    for key, child in items[1:]
+                )
+                return b"{" + orjson.dumps(items[0][0]) + b":" + inner + rest + b"}"
+        body = orjson.dumps(node)[1:-1]
+        key, child = items[0]
+        return (
+            b"{" + body + b"," + orjson.dumps(key) + b":" + orjson.dumps(child) + b"}"
+        )
+    if isinstance(node, list) and node:
+        inner = with_repeated_key(node[0], depth - 1)
+        if inner is None:
+            return None
+        rest = b"".join(b"," + orjson.dumps(child) for child in node[1:])
+        return b"[" + inner + rest + b"]"
+    return None
+
+
+@given(json_values, st.integers(0, 5))
+def test_repeated_key_rejected_at_any_depth(value: Any, depth: int) -> None:
+    raw = with_repeated_key({"v": value}, depth)
+    assert raw is not None
+    with pytest.raises(RecordRejected) as caught:
+        load_object(raw, max_depth=64)
+    assert caught.value.code == ErrorCode.INGEST_PAYLOAD_INVALID
+    assert "more than once" in str(caught.value)
+
+
+@given(json_values)
+def test_agrees_with_standard_parser(value: Any) -> None:
+    raw = orjson.dumps({"v": value, "k": [1.5, -0.0, 1e-7, 12345678901234567]})
+    assert load_object(raw, 64) == json.loads(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": "b\\":", "c": 1}',
+        b'{"a\\"": 1, "b": "\\\\": ""}',
+        b'{"a" :1, "b"\n:\t"x"}',
+        b'{"": {"": []}}',
+        b'{"a\\u003a": ":", "b": "\\u003A"}',
+    ],
+)
+def test_escapes_decoded_as_standard(raw: bytes) -> None:
+    try:
+        expected = json.loads(raw)
+    except json.JSONDecodeError:
+        with pytest.raises(RecordRejected):
+            load_object(raw, 64)
+        return
+    assert load_object(raw, 64) == expected
+
+
+def test_repeated_key_beside_escaped_colon() -> None:
+    with pytest.raises(RecordRejected) as caught:
+        load_object(b'{"a": 1, "a": "x", "b": "\\u003a"}', 64)
+    assert caught.value.code == ErrorCode.INGEST_PAYLOAD_INVALID
