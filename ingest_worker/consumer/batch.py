@@ -180,13 +180,17 @@ class BatchProcessor:
     async def _process_work(
         self, work: list[_Work], judged: _Ahead | None
     ) -> list[RecordOutcome]:
+        if judged is not None:
+            # Writing early verdicts is not one of the attempts. After a race
+            # there, the records are judged as if they had just been fetched.
+            try:
+                return await self._write_judged(judged)
+            except BatchRace as race:
+                log.info("batch judged ahead raced another writer", reason=str(race))
         conflicted: set[int] = set()
         attempts = self._settings.conflict_attempts
         for attempt in range(1, attempts + 2):
             try:
-                if judged is not None:
-                    ahead, judged = judged, None
-                    return await self._write_judged(ahead)
                 return await self._attempt(work, conflicted)
             except BatchRace as race:
                 log.info(
@@ -294,6 +298,11 @@ class BatchProcessor:
             )
         self._judged_ahead = ahead
 
+    def forget_ahead(self) -> None:
+        """Drop the records decoded and judged ahead, as after a revocation."""
+        self._ahead = {}
+        self._judged_ahead = None
+
     def _take_ahead(
         self, records: list[ConsumerRecord[bytes, bytes]]
     ) -> tuple[list[_Work] | None, _Ahead | None]:
@@ -325,22 +334,31 @@ class BatchProcessor:
     async def _attempt(
         self, work: list[_Work], conflicted: set[int]
     ) -> list[RecordOutcome]:
-        async with self._pool.acquire() as connection, connection.transaction():
-            async with self._judging:
-                outcomes, _ = await self._read_and_judge(connection, work, conflicted)
-            documents = await self._write(connection, outcomes)
-        self._remember(outcomes, documents)
+        outcomes: list[RecordOutcome] = []
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                async with self._judging:
+                    outcomes, _ = await self._read_and_judge(
+                        connection, work, conflicted
+                    )
+                documents = await self._write(connection, outcomes)
+        finally:
+            self._note_written(outcomes)
+        _attach(outcomes, documents)
         return outcomes
 
     async def _write_judged(self, ahead: _Ahead) -> list[RecordOutcome]:
         outcomes = ahead.outcomes
         assert outcomes is not None
-        async with self._pool.acquire() as connection, connection.transaction():
-            if ahead.plan is not None:
-                documents = await store_plan(connection, ahead.plan)
-            else:
-                documents = await self._write(connection, outcomes)
-        self._remember(outcomes, documents)
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                if ahead.plan is not None:
+                    documents = await store_plan(connection, ahead.plan)
+                else:
+                    documents = await self._write(connection, outcomes)
+        finally:
+            self._note_written(outcomes)
+        _attach(outcomes, documents)
         return outcomes
 
     async def _read_and_judge(
@@ -388,13 +406,14 @@ class BatchProcessor:
             datetime.now(UTC),
         )
 
-    def _remember(
-        self, outcomes: list[RecordOutcome], documents: list[dict[str, Any]]
-    ) -> None:
-        """Attach the stored documents and note what the committed batch changed."""
+    def _note_written(self, outcomes: list[RecordOutcome]) -> None:
+        """Note the units and dedupe keys a write may have changed.
+
+        Called whether the commit succeeded, failed or was left unknown by a
+        lost connection, so verdicts judged ahead are never checked against
+        less than what was written.
+        """
         stored = [outcome for outcome in outcomes if outcome.accepted]
-        for outcome, document in zip(stored, documents, strict=True):
-            outcome.document = document
         if not stored:
             return
         self._sequence += 1
@@ -453,13 +472,14 @@ class BatchProcessor:
                 offset=item.record.offset,
             )
             return _internal_error(item)
-        if any(move.unit.id in conflicted for move in accepted.moves):
+        contested = [move.unit for move in accepted.moves] + accepted.left_out
+        if any(unit.id in conflicted for unit in contested):
             error = RecordRejected(
                 ErrorCode.INGEST_CONFLICT,
                 "other events kept changing the units of this event while it was "
                 f"written ({self._settings.conflict_attempts} attempts); it is "
                 "retried later",
-                {"units": [move.unit.sn for move in accepted.moves]},
+                {"units": [unit.sn for unit in contested]},
             )
             return RecordOutcome(item.record, "rejected", error, envelope)
         known[key] = envelope.content_hash
@@ -482,6 +502,13 @@ class BatchProcessor:
             (row["source_system"], row["dedupe_key"]): bytes(row["content_hash"])
             for row in rows
         }
+
+
+def _attach(outcomes: list[RecordOutcome], documents: list[dict[str, Any]]) -> None:
+    """Attach the stored documents to the outcomes of the stored records."""
+    stored = [outcome for outcome in outcomes if outcome.accepted]
+    for outcome, document in zip(stored, documents, strict=True):
+        outcome.document = document
 
 
 def _internal_error(item: _Work) -> RecordOutcome:

@@ -172,14 +172,16 @@ class Worker:
         stops are not committed, so the next owner of their partitions reads
         them again.
         """
-        records = self._prefetched
-        self._prefetched = []
-        if not records:
-            records = await self._fetch(self.settings.poll_timeout_ms)
-        if not records:
-            self._set_ready(True)
-            return 0
+        if not self._prefetched:
+            self._prefetched = await self._fetch(self.settings.poll_timeout_ms)
+        # The records wait in `_prefetched` until the lock is held, so a
+        # revocation that runs first drops those of the partitions it takes.
         async with self.cycle_lock:
+            records = self._prefetched
+            self._prefetched = []
+            if not records:
+                self._set_ready(True)
+                return 0
             started = time.perf_counter()
             processing = asyncio.create_task(self.process_until_done(records))
             ahead: asyncio.Task[None] | None = None
@@ -223,18 +225,33 @@ class Worker:
     async def _finish_ahead(
         self, ahead: asyncio.Task[None] | None, processing: asyncio.Task[Any]
     ) -> None:
-        """Wait for the next batch's judging, unless the worker stops or failed."""
+        """Wait for the next batch's judging unless the worker stops or failed.
+
+        A stop cancels the judging at once, even while it waits on the
+        database. A cancellation of the cycle itself still propagates.
+        """
         if ahead is None:
             return
-        failed = (
-            not processing.done()
-            or processing.cancelled()
-            or processing.exception() is not None
-        )
-        if failed or self._stop.is_set():
-            ahead.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ahead
+        try:
+            failed = (
+                not processing.done()
+                or processing.cancelled()
+                or processing.exception() is not None
+            )
+            if not failed and not self._stop.is_set():
+                stopping = asyncio.create_task(self._stop.wait())
+                try:
+                    await asyncio.wait(
+                        {ahead, stopping}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    stopping.cancel()
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+                # asyncio.wait neither raises the judging's cancellation nor
+                # hides one aimed at this cycle.
+                await asyncio.wait({ahead})
 
     async def process_until_done(
         self, records: list[ConsumerRecord[bytes, bytes]]
@@ -324,6 +341,7 @@ class Worker:
             for record in self._prefetched
             if TopicPartition(record.topic, record.partition) not in revoked
         ]
+        self.processor.forget_ahead()
 
     async def pause_unless_stopped(self, seconds: float) -> None:
         """Wait before a retry; raise WorkerStopping if a stop comes first."""

@@ -50,6 +50,8 @@ class Accepted:
     summary: dict[str, Any]
     starts_run: bool = False
     rejected_units: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Existing units a PARTIAL carrier event leaves out, as the gates saw them.
+    left_out: list[Unit] = field(default_factory=list)
 
 
 def decide(
@@ -190,6 +192,7 @@ def _decide_carrier(
             sn: {"code": str(error.code), "message": error.message}
             for sn, error in failures.items()
         },
+        left_out=[floor.units[sn] for sn in failures if sn in floor.units],
     )
 
 

@@ -13,8 +13,10 @@ steps store the plan (`store_plan`):
 3. Insert the ingest events with ON CONFLICT DO NOTHING. A missing row means
    another worker stored that dedupe key after this batch was judged, so the
    batch is judged again (`BatchRace`).
-4. Move the units with one conditional UPDATE on the version the gates saw. A
-   unit changed meanwhile means the batch is judged again (`BatchRace`).
+4. Move the units with one conditional UPDATE on the version the gates saw,
+   after locking the units that PARTIAL carrier events leave out at the
+   version seen. A unit changed meanwhile means the batch is judged again
+   (`BatchRace`).
 5. Start runs still AUTHORIZED.
 6. Insert carrier tracks, carrier loads, unit tracks and data values.
 7. Insert the normalized events into the outbox, which the relay publishes.
@@ -127,6 +129,15 @@ FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::int[])
     AS m(id, expected_version, status, step_no, moves)
 WHERE u.id = m.id AND u.version = m.expected_version
 RETURNING u.id
+"""
+
+# Units left out of a PARTIAL carrier event must still be as the gates saw
+# them, and stay so until the batch commits.
+_LEFT_OUT_SQL = """
+SELECT u.id
+FROM unit u JOIN unnest($1::bigint[], $2::bigint[]) AS c(id, version)
+    ON u.id = c.id AND u.version = c.version
+FOR SHARE OF u
 """
 
 _RUNS_SQL = """
@@ -367,6 +378,7 @@ async def store_plan(
         raise BatchRace("another writer stored an event of this batch first")
 
     # Step 4: unit moves, conditional on the version the gates saw.
+    await _check_left_out(connection, accepted)
     await _move_units(connection, accepted)
 
     # Step 5: runs that start with this batch.
@@ -472,6 +484,24 @@ def _build_rows(
     if carrier_track_id is None and track_id is not None:
         links.update(trackId=str(track_id), dataValueCount=len(item.data_values))
     return links
+
+
+async def _check_left_out(
+    connection: asyncpg.Connection, accepted: list[tuple[Accepted, Origin]]
+) -> None:
+    """Raise BatchRace if a unit left out of an event changed since judged."""
+    units = {unit.id: unit for a, _ in accepted for unit in a.left_out}
+    if not units:
+        return
+    # Before any move of this batch, the database still has the versions read.
+    rows = await connection.fetch(
+        _LEFT_OUT_SQL,
+        list(units),
+        [unit.version for unit in units.values()],
+    )
+    if len(rows) != len(units):
+        stale = set(units) - {row["id"] for row in rows}
+        raise BatchRace("units left out of an event changed meanwhile", stale)
 
 
 async def _move_units(

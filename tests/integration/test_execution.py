@@ -8,10 +8,11 @@ same unit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from aiokafka import ConsumerRecord
 from ingest_worker.cli.main import trace_command
 from ingest_worker.consumer import batch as batch_module
 from ingest_worker.consumer.batch import BatchProcessor, RecordOutcome
+from ingest_worker.errors import InfrastructureError
 from ingest_worker.settings import Settings
 from ingest_worker.storage.database import connect, create_pool
 from ingest_worker.storage.floor import FloorLoader
@@ -965,6 +967,20 @@ def processing(settings: Settings, envelopes: list[dict[str, Any]]) -> Between:
     return step
 
 
+async def bump_version(settings: Settings, sn: str, step_no: int | None = None) -> None:
+    """Change a unit as another worker would, optionally moving it to a step."""
+    writer = await connect(settings.require_database_url())
+    try:
+        await writer.execute(
+            "UPDATE unit SET version = version + 1, "
+            "current_step_no = coalesce($2, current_step_no) WHERE sn = $1",
+            sn,
+            step_no,
+        )
+    finally:
+        await writer.close()
+
+
 async def test_judged_ahead_kept_when_disjoint(
     settings: Settings, counting_loader: type[_CountingLoader]
 ) -> None:
@@ -1025,20 +1041,16 @@ async def test_judged_ahead_redone_after_same_key(
     assert (counts["ingest_event"], counts["track"]) == (1, 1)
 
 
+@pytest.mark.parametrize("attempts", [1, 3])
 async def test_judged_ahead_races_other_writer(
-    settings: Settings, counting_loader: type[_CountingLoader]
+    settings: Settings, counting_loader: type[_CountingLoader], attempts: int
 ) -> None:
     database_url = settings.require_database_url()
+    # The early write is no attempt, so even a single one stores the event.
+    settings = settings.model_copy(update={"conflict_attempts": attempts})
 
     async def other_worker_moves(processor: BatchProcessor) -> list[RecordOutcome]:
-        writer = await connect(database_url)
-        try:
-            await writer.execute(
-                "UPDATE unit SET version = version + 1 WHERE sn = $1",
-                "SN-2026-01001",
-            )
-        finally:
-            await writer.close()
+        await bump_version(settings, "SN-2026-01001")
         return []
 
     spi = sample_envelopes("10-spi.jsonl")
@@ -1070,3 +1082,76 @@ async def test_judged_ahead_unused_for_other_records(
     states = await unit_states(settings.require_database_url())
     assert states["SN-2026-01001"] == ("QUEUED", 10, 0)
     assert states["SN-2026-01002"] == ("QUEUED", 20, 1)
+
+
+async def test_partial_unit_moved_meanwhile_included(settings: Settings) -> None:
+    database_url = settings.require_database_url()
+    factory = sample_factory()
+    wash_step(factory)["ingestMapping"]["batchPolicy"] = "PARTIAL"
+    factory["units"] = unit_entries(30, {"SN-2026-01010": {"currentStepNo": 20}})
+    await seed_sample(database_url, factory)
+    washed = ["SN-2026-01008", "SN-2026-01009", "SN-2026-01010"]
+    wash = wash_envelope(
+        "WASH-A1-cycle-900", "BASKET-08", washed, "2026-12-04T07:00:00.000Z"
+    )
+    pool = await create_pool(database_url)
+    try:
+        processor = BatchProcessor(pool, settings)
+        early = [consumer_record(settings, wash, next(_offsets))]
+        # Judged now, the wash leaves SN-2026-01010 out: it is still at 20.
+        await processor.judge_ahead(early)
+        await bump_version(settings, "SN-2026-01010", step_no=30)
+        outcomes = await processor.process(early)
+    finally:
+        await pool.close()
+
+    # The left-out unit changed, so the wash was judged again and took it in.
+    accepted = outcomes[0].accepted
+    assert accepted is not None
+    assert accepted.rejected_units == {}
+    states = await unit_states(database_url)
+    assert {sn: states[sn][1] for sn in washed} == dict.fromkeys(washed, 40)
+
+
+class _CommitLostPool:
+    """A pool whose next release raises, as when a COMMIT's answer is lost."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.fail_next = False
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        async with self.pool.acquire() as connection:
+            yield connection
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionResetError("connection lost after COMMIT")
+
+
+async def test_judged_ahead_redone_after_lost_commit(settings: Settings) -> None:
+    database_url = settings.require_database_url()
+    await seed_sample(database_url)
+    spi = sample_envelopes("10-spi.jsonl")
+    aoi = sample_envelopes("20-aoi.jsonl")
+    pool = await create_pool(database_url)
+    lossy = _CommitLostPool(pool)
+    try:
+        processor = BatchProcessor(lossy, settings)  # type: ignore[arg-type]
+        early = [consumer_record(settings, aoi[0], next(_offsets))]
+        await processor.judge_ahead(early)
+        lossy.fail_next = True
+        between = [consumer_record(settings, spi[0], next(_offsets))]
+        with pytest.raises(InfrastructureError):
+            await processor.process(between)
+        again = await processor.process(between)
+        outcomes = await processor.process(early)
+    finally:
+        await pool.close()
+
+    # The commit went through though its answer was lost, so the inspection
+    # judged before it is judged again and finds the unit at step 20.
+    assert again[0].verdict == "duplicate"
+    assert outcomes[0].verdict == "stored"
+    states = await unit_states(database_url)
+    assert states["SN-2026-01001"] == ("QUEUED", 30, 2)
