@@ -430,6 +430,9 @@ def _plain_text(path: CompiledPath | None, item: Any) -> Any:
 
 def _duplicates(texts: Iterable[str]) -> str:
     """List the texts that occur more than once, at most 10 of them, or return ""."""
+    texts = list(texts)
+    if len(set(texts)) == len(texts):
+        return ""
     seen: set[str] = set()
     repeated: dict[str, None] = {}
     for text in texts:

@@ -20,6 +20,11 @@ _RFC3339 = re.compile(
     r"(?P<offset>[Zz]|(?P<sign>[+-])(?P<offset_hour>\d{2}):(?P<offset_minute>\d{2}))?",
     re.ASCII,
 )
+# The usual form, in UTC with none, three or six fraction digits, which
+# `datetime.fromisoformat` reads exactly as the full parser does.
+_PLAIN_UTC = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{3}|\.\d{6})?Z", re.ASCII
+)
 _DECIMAL_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Seconds from the epoch to the limits of `datetime` (years 1 and 9999), checked
@@ -44,6 +49,11 @@ def parse_rfc3339(text: str) -> datetime:
     """
     if not isinstance(text, str):
         raise TypeError(f"a timestamp must be a string, got {type(text).__name__}")
+    if _PLAIN_UTC.fullmatch(text):
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            pass  # the full parser names what is wrong
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise ValueError(
@@ -91,11 +101,8 @@ def format_utc(moment: datetime) -> str:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"cannot format naive datetime {moment.isoformat()} as UTC")
     utc = moment.astimezone(UTC)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}."
-        f"{utc.microsecond // 1000:03d}Z"
-    )
+    # isoformat ends with the offset "+00:00", which becomes "Z".
+    return utc.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_epoch(value: int | float | str, unit: Literal["ms", "s"]) -> datetime:

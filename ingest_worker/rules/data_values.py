@@ -30,7 +30,7 @@ class _Invalid(Exception):
 def _to_number(value: Any) -> int | float:
     if isinstance(value, bool):
         raise _Invalid
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
             raise _Invalid
         return value

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -50,8 +50,7 @@ class BatchRace(Exception):
         self.unit_ids = unit_ids or set()
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(NamedTuple):
     """The Kafka position of a record: topic, partition and offset."""
 
     topic: str

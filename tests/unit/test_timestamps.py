@@ -165,3 +165,25 @@ def test_property_epoch_ms_matches_timedelta(milliseconds: int) -> None:
     expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=milliseconds)
     assert parse_epoch(milliseconds, "ms") == expected
     assert parse_epoch(str(milliseconds), "ms") == expected
+
+
+@given(moment=MOMENTS, digits=st.sampled_from([0, 3, 6]))
+def test_property_utc_forms_match_offset_form(moment: datetime, digits: int) -> None:
+    # "Z" takes the quick way, "+00:00" the full parser: both must agree.
+    fraction = f".{moment.microsecond:06d}"[: digits + 1] if digits else ""
+    base = moment.replace(tzinfo=None).isoformat(timespec="seconds") + fraction
+    quick = parse_rfc3339(base + "Z")
+    full = parse_rfc3339(base + "+00:00")
+    assert quick == full
+    assert quick.tzinfo is UTC
+    assert full.tzinfo is UTC
+
+
+@given(moment=MOMENTS)
+def test_property_format_utc_fields(moment: datetime) -> None:
+    text = format_utc(moment.astimezone(timezone(timedelta(hours=-5))))
+    assert text == (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
+        f"{moment.microsecond // 1000:03d}Z"
+    )
