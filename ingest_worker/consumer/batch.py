@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from ingest_worker.errors import ErrorCode, InfrastructureError, RecordRejected
 from ingest_worker.failures.headers import ORIGIN_TOPIC, header_value
 from ingest_worker.rules.decide import Accepted, decide
 from ingest_worker.rules.resolution import NormalizeMemo
-from ingest_worker.rules.state import ShopFloor
+from ingest_worker.rules.state import ShopFloor, Unit
 from ingest_worker.settings import Settings
 from ingest_worker.storage.database import is_transient
 from ingest_worker.storage.floor import FloorLoader
@@ -77,11 +78,37 @@ class _Work:
 
 @dataclass(frozen=True, slots=True)
 class _Written:
-    """What one committed batch changed that judging depends on."""
+    """What one written batch changed that judging depends on."""
 
     sequence: int
+    # The judging whose verdicts were written.
+    judging: int
     units: frozenset[str]
     keys: frozenset[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdicts:
+    """The state one judging leaves behind if its batch commits as judged."""
+
+    judging: int
+    # Moved units in their state after the batch, before its write.
+    units: dict[str, Unit]
+    # Content hashes of the dedupe keys the batch stores.
+    keys: dict[tuple[str, str], bytes]
+
+    @classmethod
+    def of(cls, judging: int, outcomes: list[RecordOutcome]) -> _Verdicts:
+        units: dict[str, Unit] = {}
+        keys: dict[tuple[str, str], bytes] = {}
+        for outcome in outcomes:
+            if outcome.accepted is None:
+                continue
+            envelope = outcome.accepted.envelope
+            keys[(envelope.source_system, envelope.dedupe_key)] = envelope.content_hash
+            for move in outcome.accepted.moves:
+                units[move.unit.sn] = move.unit
+        return cls(judging, units, keys)
 
 
 @dataclass(slots=True)
@@ -91,7 +118,10 @@ class _Ahead:
     work: list[_Work]
     # Batches written up to this sequence number were visible to the reads.
     seen: int = 0
-    # None when judging failed; the work is then judged when processed.
+    # This judging, and the one whose verdicts it assumed committed, if any.
+    judging: int = 0
+    assumed: int | None = None
+    # None when judging failed. The work is then judged when processed.
     outcomes: list[RecordOutcome] | None = None
     # The units the verdicts read, and the dedupe keys of the records.
     units: frozenset[str] = frozenset()
@@ -126,6 +156,11 @@ class BatchProcessor:
         self._judging = asyncio.Lock()
         self._written: deque[_Written] = deque(maxlen=_WRITTEN_KEPT)
         self._sequence = 0
+        self._judgings = itertools.count(1)
+        # The latest verdicts on their way to the database, and the judgings
+        # whose verdicts committed.
+        self._latest: _Verdicts | None = None
+        self._committed: deque[int] = deque(maxlen=_WRITTEN_KEPT)
 
     async def process(
         self, records: Iterable[ConsumerRecord[bytes, bytes]]
@@ -269,8 +304,11 @@ class BatchProcessor:
             async with self._pool.acquire() as connection:
                 async with self._judging:
                     ahead.seen = self._sequence
+                    ahead.judging = next(self._judgings)
+                    latest = self._latest
+                    ahead.assumed = latest.judging if latest else None
                     outcomes, floor = await self._read_and_judge(
-                        connection, work, set(), pace=True
+                        connection, work, set(), pace=True, assume=latest
                     )
                 stored = [
                     (outcome.accepted, _origin(outcome.record))
@@ -319,13 +357,20 @@ class BatchProcessor:
         self._judged_ahead = None
         if ahead.outcomes is None:
             return ahead.work, None
+        if ahead.assumed is not None and ahead.assumed not in self._committed:
+            log.debug("a batch judged ahead is judged again", reason="assumed")
+            return ahead.work, None
         if self._written and self._written[0].sequence > ahead.seen + 1:
             # More batches were written since than are remembered.
             return ahead.work, None
         for written in self._written:
-            if written.sequence > ahead.seen and (
-                not written.units.isdisjoint(ahead.units)
-                or not written.keys.isdisjoint(ahead.keys)
+            if (
+                written.sequence > ahead.seen
+                and written.judging != ahead.assumed
+                and (
+                    not written.units.isdisjoint(ahead.units)
+                    or not written.keys.isdisjoint(ahead.keys)
+                )
             ):
                 log.debug("a batch judged ahead is judged again", reason="overlap")
                 return ahead.work, None
@@ -335,21 +380,27 @@ class BatchProcessor:
         self, work: list[_Work], conflicted: set[int]
     ) -> list[RecordOutcome]:
         outcomes: list[RecordOutcome] = []
+        judging = 0
         try:
             async with self._pool.acquire() as connection, connection.transaction():
                 async with self._judging:
+                    judging = next(self._judgings)
                     outcomes, _ = await self._read_and_judge(
                         connection, work, conflicted
                     )
+                    self._latest = _Verdicts.of(judging, outcomes)
                 documents = await self._write(connection, outcomes)
         finally:
-            self._note_written(outcomes)
+            self._note_written(judging, outcomes)
+        self._committed.append(judging)
         _attach(outcomes, documents)
         return outcomes
 
     async def _write_judged(self, ahead: _Ahead) -> list[RecordOutcome]:
         outcomes = ahead.outcomes
         assert outcomes is not None
+        # A batch judged ahead from now on may assume these verdicts.
+        self._latest = _Verdicts.of(ahead.judging, outcomes)
         try:
             async with self._pool.acquire() as connection, connection.transaction():
                 if ahead.plan is not None:
@@ -357,7 +408,8 @@ class BatchProcessor:
                 else:
                     documents = await self._write(connection, outcomes)
         finally:
-            self._note_written(outcomes)
+            self._note_written(ahead.judging, outcomes)
+        self._committed.append(ahead.judging)
         _attach(outcomes, documents)
         return outcomes
 
@@ -367,11 +419,14 @@ class BatchProcessor:
         work: list[_Work],
         conflicted: set[int],
         pace: bool = False,
+        assume: _Verdicts | None = None,
     ) -> tuple[list[RecordOutcome], ShopFloor]:
         """Judge the work against the current floor state in the database.
 
         With `pace`, the event loop gets a turn every few records, so a batch
-        being written meanwhile sends its statements without waiting.
+        being written meanwhile sends its statements without waiting. With
+        `assume`, those verdicts count as committed where the reads do not
+        show them yet.
         """
         decoded = [item for item in work if item.envelope is not None]
         for item in decoded:
@@ -382,6 +437,8 @@ class BatchProcessor:
             [(item.envelope, item.memo) for item in decoded],
             pace=pace,
         )
+        if assume is not None:
+            _assume(assume, known, floor)
         outcomes: list[RecordOutcome] = []
         for start in range(0, len(work), _AHEAD_CHUNK):
             outcomes.extend(
@@ -406,7 +463,7 @@ class BatchProcessor:
             datetime.now(UTC),
         )
 
-    def _note_written(self, outcomes: list[RecordOutcome]) -> None:
+    def _note_written(self, judging: int, outcomes: list[RecordOutcome]) -> None:
         """Note the units and dedupe keys a write may have changed.
 
         Called whether the commit succeeded, failed or was left unknown by a
@@ -420,6 +477,7 @@ class BatchProcessor:
         self._written.append(
             _Written(
                 self._sequence,
+                judging,
                 frozenset(
                     move.unit.sn
                     for outcome in stored
@@ -502,6 +560,30 @@ class BatchProcessor:
             (row["source_system"], row["dedupe_key"]): bytes(row["content_hash"])
             for row in rows
         }
+
+
+def _assume(
+    verdicts: _Verdicts, known: dict[tuple[str, str], bytes], floor: ShopFloor
+) -> None:
+    """Apply verdicts on their way to the database to what was read.
+
+    A unit read at the version those verdicts saw gets the state they leave
+    it in. A unit read at any other version was already written, by them or
+    by another worker, and stays as read.
+    """
+    for key, content_hash in verdicts.keys.items():
+        known.setdefault(key, content_hash)
+    for sn, after in verdicts.units.items():
+        unit = floor.units.get(sn)
+        if unit is not None and unit.version == after.version:
+            floor.units[sn] = Unit(
+                id=after.id,
+                sn=sn,
+                run_id=after.run_id,
+                status=after.status,
+                current_step_no=after.current_step_no,
+                version=after.version + after.moves,
+            )
 
 
 def _attach(outcomes: list[RecordOutcome], documents: list[dict[str, Any]]) -> None:

@@ -1114,7 +1114,7 @@ async def test_partial_unit_moved_meanwhile_included(settings: Settings) -> None
 
 
 class _CommitLostPool:
-    """A pool whose next release raises, as when a COMMIT's answer is lost."""
+    """A pool whose next release raises, as when a COMMIT reply is lost."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
@@ -1149,9 +1149,71 @@ async def test_judged_ahead_redone_after_lost_commit(settings: Settings) -> None
     finally:
         await pool.close()
 
-    # The commit went through though its answer was lost, so the inspection
+    # The commit went through though its reply was lost, so the inspection
     # judged before it is judged again and finds the unit at step 20.
     assert again[0].verdict == "duplicate"
     assert outcomes[0].verdict == "stored"
+    states = await unit_states(database_url)
+    assert states["SN-2026-01001"] == ("QUEUED", 30, 2)
+
+
+class _HeldWrites:
+    """Test double that holds each batch write until released."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.waiting = asyncio.Event()
+        self.release = asyncio.Event()
+        write = batch_module.write_batch
+
+        async def held(*args: Any) -> Any:
+            self.waiting.set()
+            await self.release.wait()
+            return await write(*args)
+
+        monkeypatch.setattr(batch_module, "write_batch", held)
+
+
+@pytest.mark.parametrize("reply_lost", [False, True])
+async def test_judged_ahead_on_verdicts_being_written(
+    settings: Settings,
+    counting_loader: type[_CountingLoader],
+    monkeypatch: pytest.MonkeyPatch,
+    reply_lost: bool,
+) -> None:
+    database_url = settings.require_database_url()
+    await seed_sample(database_url)
+    spi = sample_envelopes("10-spi.jsonl")
+    aoi = sample_envelopes("20-aoi.jsonl")
+    writes = _HeldWrites(monkeypatch)
+    pool = await create_pool(database_url)
+    lossy = _CommitLostPool(pool)
+    try:
+        processor = BatchProcessor(lossy, settings)  # type: ignore[arg-type]
+        first = [consumer_record(settings, spi[0], next(_offsets))]
+        # The inspection of SN-2026-01001 and a copy of its paste record.
+        later = [
+            consumer_record(settings, aoi[0], next(_offsets)),
+            consumer_record(settings, spi[0], next(_offsets)),
+        ]
+        writing = asyncio.create_task(processor.process(first))
+        # As in the worker, the next batch is judged while the first is
+        # written, before it commits.
+        await writes.waiting.wait()
+        await processor.judge_ahead(later)
+        lossy.fail_next = reply_lost
+        writes.release.set()
+        if reply_lost:
+            with pytest.raises(InfrastructureError):
+                await writing
+        else:
+            assert (await writing)[0].verdict == "stored"
+        outcomes = await processor.process(later)
+    finally:
+        await pool.close()
+
+    # The next batch assumed the first one's verdicts. They count only if
+    # their commit was confirmed; otherwise the next batch is judged again.
+    assert counting_loader.loads == (3 if reply_lost else 2)
+    assert [outcome.verdict for outcome in outcomes] == ["stored", "duplicate"]
     states = await unit_states(database_url)
     assert states["SN-2026-01001"] == ("QUEUED", 30, 2)
