@@ -131,12 +131,14 @@ RETURNING u.id
 """
 
 # Units left out of a PARTIAL carrier event must still be as the gates saw
-# them, and stay so until the batch commits.
+# them, and stay so until the batch commits. A share lock would deadlock two
+# batches that both go on to move such a unit, so the lock is exclusive.
 _LEFT_OUT_SQL = """
 SELECT u.id
 FROM unit u JOIN unnest($1::bigint[], $2::bigint[]) AS c(id, version)
     ON u.id = c.id AND u.version = c.version
-FOR SHARE OF u
+ORDER BY u.id
+FOR NO KEY UPDATE OF u
 """
 
 _RUNS_SQL = """
