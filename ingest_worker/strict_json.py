@@ -41,6 +41,9 @@ _LARGE_EXPONENTS = (b"e000", b"e+000", b"e-000")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+_SEND_JSON = "stations must send one JSON object as defined by RFC 8259"
+
+
 class _Ambiguous(ValueError):
     pass
 
@@ -78,12 +81,15 @@ def _exact_int(text: str) -> int:
 def _finite_float(text: str) -> float:
     number = float(text)
     if not math.isfinite(number):
-        raise _NotJson(f"the number {text[:40]} is too large for a double")
+        raise _NotJson(
+            f"the number {text[:40]} is too large for a double; send it as a "
+            "string or within ±1.7e308"
+        )
     return number
 
 
 def _no_constant(text: str) -> Any:
-    raise _NotJson(f"{text} is not a JSON value")
+    raise _NotJson(f"{text} is not a JSON value; send null or a number")
 
 
 def _check_depth(value: bytes, max_depth: int) -> None:
@@ -143,6 +149,18 @@ def _fast_load(value: bytes) -> dict[str, Any] | None:
     return document
 
 
+def exact_object(value: bytes, max_depth: int = 1000) -> dict[str, Any] | None:
+    """Return the JSON object of the value, or None unless it means one thing.
+
+    For showing and filtering stored records: a value with a repeated key, for
+    one, is better shown as its text than as the object a parser makes of it.
+    """
+    try:
+        return load_object(value, max_depth)
+    except RecordRejected:
+        return None
+
+
 def load_object(value: bytes, max_depth: int) -> dict[str, Any]:
     """Decode a record value that must be a JSON object, or raise RecordRejected.
 
@@ -160,7 +178,8 @@ def load_object(value: bytes, max_depth: int) -> dict[str, Any]:
             orjson.loads(value)
         except orjson.JSONDecodeError as error:
             raise _unreadable(
-                f"the record value is not valid JSON: {error}", position=error.pos
+                f"the record value is not valid JSON: {error}; {_SEND_JSON}",
+                position=error.pos,
             ) from None
     # Checking every number costs a call each; only long ones need it. Nineteen
     # digits or a three-digit exponent may be beyond 64 bits or a double.
@@ -207,8 +226,12 @@ def _strict_load(value: bytes, long_numbers: bool) -> dict[str, Any]:
             f"the envelope is invalid: {error}",
             {"fields": {"$": str(error)}},
         ) from None
-    except (json.JSONDecodeError, _NotJson, RecursionError) as error:
+    except _NotJson as error:
         raise _unreadable(f"the record value is not valid JSON: {error}") from None
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise _unreadable(
+            f"the record value is not valid JSON: {error}; {_SEND_JSON}"
+        ) from None
     if not isinstance(document, dict):
         kind = type(document).__name__
         raise _unreadable(

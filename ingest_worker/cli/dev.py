@@ -25,7 +25,10 @@ async def dev_command() -> int:
         print("Embedded services are running. In another shell:")
         for name, value in services.environment().items():
             print(f"  export {name}='{value}'")
-        print("Then: ingest-worker seed FILE.yaml, ingest-worker run, ...")
+        print(
+            "Then: ingest-worker seed ingest_worker/samples/factory.yaml (or "
+            "your own factory file), ingest-worker run, ..."
+        )
         print("Press Ctrl-C to stop them.", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import structlog
 from aiokafka import (
     AIOKafkaConsumer,
@@ -44,6 +43,7 @@ from ingest_worker.failures.headers import (
 from ingest_worker.kafka import make_consumer, make_producer
 from ingest_worker.mapping import format_utc, parse_rfc3339
 from ingest_worker.settings import Settings
+from ingest_worker.strict_json import exact_object
 
 log = structlog.get_logger(__name__)
 
@@ -99,11 +99,8 @@ class DeadLetter:
 def _envelope_identity(value: bytes | None) -> tuple[str | None, str | None]:
     if value is None:
         return None, None
-    try:
-        document = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(document, dict):
+    document = exact_object(value)
+    if document is None:
         return None, None
     source_system = document.get("sourceSystem")
     dedupe_key = document.get("dedupeKey")
@@ -400,11 +397,12 @@ def describe_record(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
         headers.append({"name": name, "value": text, "encoding": encoding})
     value: Any
     value_encoding: str | None
-    try:
-        if record.value is None:
-            raise ValueError("no value")
-        value, value_encoding = orjson.loads(record.value), "json"
-    except ValueError:  # orjson.JSONDecodeError is a ValueError
+    # A value that is no unambiguous JSON object, such as one with a repeated
+    # key, is shown as its text, exactly as stored.
+    document = exact_object(record.value) if record.value is not None else None
+    if document is not None:
+        value, value_encoding = document, "json"
+    else:
         value, value_encoding = _encode_bytes(record.value)
     return {
         "topic": record.topic,

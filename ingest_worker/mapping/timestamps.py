@@ -89,7 +89,10 @@ def parse_rfc3339(text: str) -> datetime:
         )
         return local.astimezone(UTC)
     except (ValueError, OverflowError) as error:
-        raise ValueError(f"invalid timestamp {_echo(text)}: {error}") from None
+        raise ValueError(
+            f"invalid timestamp {_echo(text)}: {error}; send a date and time "
+            "that exists, such as 2026-12-04T06:00:00.000Z"
+        ) from None
 
 
 def format_utc(moment: datetime) -> str:
