@@ -103,6 +103,13 @@ def is_transient(error: BaseException) -> bool:
         return True
     if isinstance(error, asyncpg.exceptions.PostgresConnectionError):
         return True
+    # When the server ends a connection between two statements, asyncpg may
+    # refuse the next one with "cannot switch to state". The connection is
+    # then discarded, and nothing it had open was committed.
+    if isinstance(
+        error, asyncpg.exceptions.InternalClientError
+    ) and "cannot switch to state" in str(error):
+        return True
     # asyncpg reports a closed connection as a plain InterfaceError; its data
     # and configuration subclasses are defects, not outages.
     if isinstance(error, asyncpg.exceptions.InterfaceError) and not isinstance(

@@ -24,6 +24,9 @@ from ingest_worker.storage.database import is_transient
         asyncpg.exceptions.InterfaceError(
             "cannot call Transaction.__aexit__(): the underlying connection is closed"
         ),
+        asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        ),
     ],
 )
 def test_outage_errors_are_transient(error: BaseException) -> None:
@@ -38,6 +41,7 @@ def test_outage_errors_are_transient(error: BaseException) -> None:
         asyncpg.exceptions.DataError("invalid input"),
         asyncpg.exceptions.UniqueViolationError("duplicate key"),
         asyncpg.exceptions.UndefinedTableError("no table"),
+        asyncpg.exceptions.InternalClientError("unexpected message"),
     ],
 )
 def test_defects_are_not_transient(error: BaseException) -> None:
