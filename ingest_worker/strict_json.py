@@ -48,6 +48,10 @@ class _Ambiguous(ValueError):
     pass
 
 
+class _RepeatedKey(_Ambiguous):
+    pass
+
+
 class _NotJson(ValueError):
     pass
 
@@ -61,11 +65,41 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(document) != len(pairs):
         seen: set[str] = set()
         repeated = sorted({key for key, _ in pairs if key in seen or seen.add(key)})
-        raise _Ambiguous(
+        raise _RepeatedKey(
             f"an object has the key {', '.join(map(repr, repeated))} more than "
             "once, so its value is ambiguous; send each key once"
         )
     return document
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """The key-value pairs of one object, kept as sent, repeats included."""
+
+
+def _repeat_location(text: str) -> str:
+    """Return where the first object with a repeated key lies, as a JSON path.
+
+    "First" is in the order the parser completes objects, so the path names
+    the object that the key-checking parse stopped at.
+    """
+
+    def visit(node: Any, where: str) -> str | None:
+        if isinstance(node, _Pairs):
+            for key, child in node:
+                found = visit(child, f"{where}.{key}")
+                if found is not None:
+                    return found
+            keys = [key for key, _ in node]
+            return where if len(set(keys)) != len(keys) else None
+        if isinstance(node, list):
+            for index, child in enumerate(node):
+                found = visit(child, f"{where}[{index}]")
+                if found is not None:
+                    return found
+        return None
+
+    tree = json.loads(text, object_pairs_hook=_Pairs, parse_constant=float)
+    return visit(tree, "$") or "$"
 
 
 def _exact_int(text: str) -> int:
@@ -221,10 +255,11 @@ def _strict_load(value: bytes, long_numbers: bool) -> dict[str, Any]:
             parse_constant=_no_constant,
         )
     except _Ambiguous as error:
+        where = _repeat_location(text) if isinstance(error, _RepeatedKey) else "$"
         raise RecordRejected(
             ErrorCode.INGEST_PAYLOAD_INVALID,
-            f"the envelope is invalid: {error}",
-            {"fields": {"$": str(error)}},
+            f"the envelope is invalid: {where}: {error}",
+            {"fields": {where: str(error)}},
         ) from None
     except _NotJson as error:
         raise _unreadable(f"the record value is not valid JSON: {error}") from None

@@ -157,3 +157,18 @@ def test_repeated_key_beside_escaped_colon() -> None:
     with pytest.raises(RecordRejected) as caught:
         load_object(b'{"a": 1, "a": "x", "b": "\\u003a"}', 64)
     assert caught.value.code == ErrorCode.INGEST_PAYLOAD_INVALID
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (b'{"a": 1, "a": 2}', "$"),
+        (b'{"payload": {"board": {"j": "GOOD", "j": "BAD"}}}', "$.payload.board"),
+        (b'{"l": [{"x": 1}, {"y": 1, "y": 2}], "z": {"k": 1, "k": 1}}', "$.l[1]"),
+    ],
+)
+def test_repeated_key_names_its_object(raw: bytes, where: str) -> None:
+    with pytest.raises(RecordRejected) as caught:
+        load_object(raw, 64)
+    assert list(caught.value.detail["fields"]) == [where]
+    assert f"invalid: {where}: " in caught.value.message
