@@ -98,13 +98,17 @@ def _repeat_location(text: str) -> str:
                     return found
         return None
 
-    tree = json.loads(text, object_pairs_hook=_Pairs, parse_constant=float)
+    try:
+        tree = json.loads(text, object_pairs_hook=_Pairs, parse_constant=float)
+    except ValueError:
+        return "$"  # such as an integer too long for int()
     return visit(tree, "$") or "$"
 
 
 def _exact_int(text: str) -> int:
-    number = int(text)
-    if not -(2**63) <= number < 2**64:
+    # More than 20 digits is out of range, and int() refuses very long text.
+    number = int(text) if len(text) <= 21 else None
+    if number is None or not -(2**63) <= number < 2**64:
         raise _Ambiguous(
             f"the integer {text[:40]} is outside the 64-bit range and cannot be "
             "stored exactly; send it as a string"

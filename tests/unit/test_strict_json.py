@@ -59,6 +59,11 @@ def test_round_trip_of_valid_objects(value: Any) -> None:
         (b'{"a": 1, "a": 2}', ErrorCode.INGEST_PAYLOAD_INVALID),
         (b'{"a": 18446744073709551616}', ErrorCode.INGEST_PAYLOAD_INVALID),
         (b'{"a": -9999999999999999999}', ErrorCode.INGEST_PAYLOAD_INVALID),
+        (b'{"a": ' + b"9" * 5000 + b"}", ErrorCode.INGEST_PAYLOAD_INVALID),
+        (
+            b'{"a": 1, "a": 2, "b": ' + b"9" * 5000 + b"}",
+            ErrorCode.INGEST_PAYLOAD_INVALID,
+        ),
         (b'{"a": 1' + b"0" * 400 + b".5}", ErrorCode.ENVELOPE_UNREADABLE),
         (b'{"a": 2.5E+308}', ErrorCode.ENVELOPE_UNREADABLE),
         (b'{"a": "x\\u0000y"}', ErrorCode.INGEST_PAYLOAD_INVALID),
