@@ -379,20 +379,20 @@ class BatchProcessor:
     async def _attempt(
         self, work: list[_Work], conflicted: set[int]
     ) -> list[RecordOutcome]:
-        outcomes: list[RecordOutcome] = []
-        judging = 0
+        verdicts: _Verdicts | None = None
         try:
             async with self._pool.acquire() as connection, connection.transaction():
                 async with self._judging:
-                    judging = next(self._judgings)
                     outcomes, _ = await self._read_and_judge(
                         connection, work, conflicted
                     )
-                    self._latest = _Verdicts.of(judging, outcomes)
+                    verdicts = _Verdicts.of(next(self._judgings), outcomes)
+                    self._latest = verdicts
                 documents = await self._write(connection, outcomes)
         finally:
-            self._note_written(judging, outcomes)
-        self._committed.append(judging)
+            if verdicts is not None:
+                self._note_written(verdicts)
+        self._committed.append(verdicts.judging)
         _attach(outcomes, documents)
         return outcomes
 
@@ -400,7 +400,8 @@ class BatchProcessor:
         outcomes = ahead.outcomes
         assert outcomes is not None
         # A batch judged ahead from now on may assume these verdicts.
-        self._latest = _Verdicts.of(ahead.judging, outcomes)
+        verdicts = _Verdicts.of(ahead.judging, outcomes)
+        self._latest = verdicts
         try:
             async with self._pool.acquire() as connection, connection.transaction():
                 if ahead.plan is not None:
@@ -408,7 +409,7 @@ class BatchProcessor:
                 else:
                     documents = await self._write(connection, outcomes)
         finally:
-            self._note_written(ahead.judging, outcomes)
+            self._note_written(verdicts)
         self._committed.append(ahead.judging)
         _attach(outcomes, documents)
         return outcomes
@@ -463,31 +464,22 @@ class BatchProcessor:
             datetime.now(UTC),
         )
 
-    def _note_written(self, judging: int, outcomes: list[RecordOutcome]) -> None:
+    def _note_written(self, verdicts: _Verdicts) -> None:
         """Note the units and dedupe keys a write may have changed.
 
         Called whether the commit succeeded, failed or was left unknown by a
         lost connection, so verdicts judged ahead are never checked against
         less than what was written.
         """
-        stored = [outcome for outcome in outcomes if outcome.accepted]
-        if not stored:
+        if not verdicts.keys:
             return
         self._sequence += 1
         self._written.append(
             _Written(
                 self._sequence,
-                judging,
-                frozenset(
-                    move.unit.sn
-                    for outcome in stored
-                    for move in outcome.accepted.moves  # type: ignore[union-attr]
-                ),
-                frozenset(
-                    (outcome.envelope.source_system, outcome.envelope.dedupe_key)
-                    for outcome in stored
-                    if outcome.envelope is not None
-                ),
+                verdicts.judging,
+                frozenset(verdicts.units),
+                frozenset(verdicts.keys),
             )
         )
 

@@ -1,4 +1,4 @@
-"""How dead letters are shown: exact text where a parser would change them."""
+"""How dead letters are view: exact text where a parser would change them."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ def record(value: bytes) -> ConsumerRecord[bytes, bytes]:
 
 def test_repeated_key_shown_as_text() -> None:
     value = b'{"dedupeKey": "a", "dedupeKey": "b", "payload": {}}'
-    shown = describe_record(record(value))
-    assert shown["valueEncoding"] == "text"
-    assert shown["value"] == value.decode()
+    view = describe_record(record(value))
+    assert view["valueEncoding"] == "text"
+    assert view["value"] == value.decode()
 
 
 def test_plain_object_shown_as_json() -> None:
-    shown = describe_record(record(b'{"dedupeKey": "a", "payload": {"x": 1}}'))
-    assert shown["valueEncoding"] == "json"
-    assert shown["value"] == {"dedupeKey": "a", "payload": {"x": 1}}
+    view = describe_record(record(b'{"dedupeKey": "a", "payload": {"x": 1}}'))
+    assert view["valueEncoding"] == "json"
+    assert view["value"] == {"dedupeKey": "a", "payload": {"x": 1}}
 
 
 def test_invalid_utf8_shown_as_base64() -> None:
-    shown = describe_record(record(b"\xff{}"))
-    assert shown["valueEncoding"] == "base64"
-    assert shown["value"] == "/3t9"
+    view = describe_record(record(b"\xff{}"))
+    assert view["valueEncoding"] == "base64"
+    assert view["value"] == "/3t9"
